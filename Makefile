@@ -1,0 +1,32 @@
+# Two commands on a fresh machine:  make run  (set up + distill & evaluate)  and  make test  (every test).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Pinned torch: on the project's offline machines these come from local files; elsewhere from PyPI.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+# The offline data folder beside the checkout, when there is one (benchmarks and full notebooks use it).
+export DISTILL_DATA ?= $(abspath $(wildcard ../shared/data))
+
+.PHONY: setup run test unit notebooks clean-notebooks
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(PY) -m distill_lib run
+
+unit: setup
+	$(PY) -m pytest tests
+
+notebooks: setup
+	DISTILL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
+
+test: setup
+	DISTILL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests --nbval-lax notebooks

@@ -1,0 +1,15 @@
+"""distill_lib: dataset distillation by distribution matching (DM), with class centralization (CC) and covariance
+matching (CM) from "Exploiting Inter-sample and Inter-feature Relations in Dataset Distillation" (CVPR 2024).
+
+The main entry points, each in a module with one job:
+``load_dataset`` (data), ``get_model`` (models), ``DistillConfig``/``distill`` (distill),
+``EvalProtocol``/``evaluate``/``random_subset`` (evaluate), ``SyntheticSet`` (synthetic).
+"""
+from .data import DATASETS, RealData, load_dataset
+from .distill import DistillConfig, distill
+from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
+from .models import MODEL_NAMES, get_model
+from .synthetic import SyntheticSet
+
+__all__ = ["DATASETS", "RealData", "load_dataset", "DistillConfig", "distill", "EvalProtocol", "EvalResult",
+           "evaluate", "random_subset", "MODEL_NAMES", "get_model", "SyntheticSet"]

@@ -1,0 +1,267 @@
+"""Distillation by distribution matching: DM, with the CVPR 2024 constraints CC and CM as options.
+
+Each iteration draws a fresh random ConvNet, a real batch and one augmentation per class, embeds real and synthetic
+images of *all* classes in one forward each (instance norm keeps samples independent), and takes one SGD step on the
+synthetic pixels. Every random draw is derived from (seed, iteration, class), so a run is reproducible, can resume
+from any checkpoint to the same result, and could be split across processes by class.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import augment, losses, seeding
+from .cache import atomic_save, canonical
+from .data import DATASETS, RealData
+from .featnet import FeatNetPool, FeatNetSpec
+from .models import NORMS, get_model
+from .synthetic import SyntheticSet
+from .train import resolve_device
+
+INITS = ("real", "noise")
+# Fields that may differ between a checkpoint and the run that resumes it without changing what is computed.
+RESUMABLE_FIELDS = ("iterations", "checkpoint_every", "device")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Everything that determines a distillation run (defaults: DM as published, CC/CM as the authors' code)."""
+
+    dataset: str = "digits"
+    ipc: int = 10
+    iterations: int = 200
+    lr_img: float = 1.0
+    momentum: float = 0.5
+    batch_real: int = 256
+    init: str = "real"
+    dsa_strategy: str = augment.DEFAULT_STRATEGY
+    model: str = "convnet"
+    net_width: int = 128
+    net_depth: int = 3
+    net_norm: str = "instancenorm"
+    net_act: str = "relu"
+    net_pooling: str = "avgpool"
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 0
+    real_chunk: int = 0  # >0: push the real batch through the net in chunks of this many images (cache-friendly)
+    # Class centralization (inter-sample relation), on a pretrained feature net.
+    cc: bool = False
+    lambda_cc: float = 0.05
+    cc_form: str = "simplified"
+    cc_alpha: float = 1.0
+    cc_beta: float = 1.0
+    featnet_arch: str = "resnet18"
+    featnet_epochs: int = 2
+    featnet_per_class: int = 0  # 0: pretrain on the whole training set
+    featnet_pool: int = 1
+    # Covariance matching (inter-feature relation), on the random ConvNet's last feature map.
+    cm: bool = False
+    lambda_cm: float = 0.01
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
+        for name in ("ipc", "iterations", "batch_real", "net_width", "net_depth", "featnet_epochs", "featnet_pool"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr_img", "lambda_cc", "lambda_cm", "cc_alpha"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("momentum", "checkpoint_every", "real_chunk", "featnet_per_class", "cc_beta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.net_norm not in NORMS:
+            raise ValueError(f"net_norm must be one of {NORMS}, got {self.net_norm!r}")
+        if self.cc_form not in losses.CC_FORMS:
+            raise ValueError(f"cc_form must be one of {losses.CC_FORMS}, got {self.cc_form!r}")
+        augment.parse_strategy(self.dsa_strategy)
+        resolve_device(self.device)
+
+    def featnet_spec(self) -> FeatNetSpec:
+        return FeatNetSpec(arch=self.featnet_arch, epochs=self.featnet_epochs,
+                           per_class=self.featnet_per_class or None, seed=self.seed)
+
+    def loss_weights(self) -> dict[str, float]:
+        return {"dm": 1.0, "cc": self.lambda_cc, "cm": self.lambda_cm}
+
+
+def config_from_dict(values: dict) -> DistillConfig:
+    """Rebuild a config saved with a SyntheticSet or checkpoint (unknown keys are an error)."""
+    known = {f.name for f in dataclasses.fields(DistillConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown DistillConfig fields {sorted(unknown)}")
+    return DistillConfig(**values)
+
+
+class Distiller:
+    """The state of one run: synthetic pixels, their optimiser, the reusable random net, the feature-net pool."""
+
+    def __init__(self, config: DistillConfig, data: RealData, progress: bool = True):
+        if data.name != config.dataset:
+            raise ValueError(f"config is for dataset {config.dataset!r} but data is {data.name!r}")
+        smallest = min(data.class_count(c) for c in range(data.num_classes))
+        if config.ipc > smallest:
+            raise ValueError(f"ipc={config.ipc} is larger than the smallest class ({smallest} training images)")
+        if config.ipc == 1 and (config.cc or config.cm):
+            warnings.warn("with ipc=1 and DM, CC is exactly 0 and CM has zero gradient (one sample is its own mean);"
+                          " use IDM, whose partitioning gives several samples per stored image", stacklevel=3)
+        self.config, self.data = config, data
+        self.device = resolve_device(config.device)
+        self.n_real = min(config.batch_real, smallest)
+        if self.n_real < config.batch_real:
+            warnings.warn(f"batch_real={config.batch_real} exceeds the smallest class; using {self.n_real}",
+                          stacklevel=3)
+        self.classes = list(range(data.num_classes))
+        self.net = get_model(config.model, data.channels, data.num_classes, data.image_size,
+                             **_net_kwargs(config)).to(self.device)
+        self.net.requires_grad_(False)  # only the pixels learn; no weight gradients are computed
+        self.featnets = (FeatNetPool(data, config.featnet_spec(), config.featnet_pool, self.device, progress)
+                         if config.cc else None)
+        self.images = self._initial_images().to(self.device).requires_grad_(True)
+        self.optimizer = torch.optim.SGD([self.images], lr=config.lr_img, momentum=config.momentum)
+        self.iteration = 0
+        self.history: list[dict] = []
+
+    def _initial_images(self) -> torch.Tensor:
+        cfg, data = self.config, self.data
+        if cfg.init == "noise":
+            return torch.randn(data.num_classes * cfg.ipc, data.channels, *data.image_size,
+                               generator=seeding.generator(cfg.seed, seeding.SYN_INIT))
+        return torch.cat([data.sample_real(c, cfg.ipc, seeding.generator(cfg.seed, seeding.SYN_INIT, c))
+                          for c in self.classes])
+
+    def labels(self) -> torch.Tensor:
+        return torch.arange(self.data.num_classes).repeat_interleave(self.config.ipc)
+
+    def loss_terms(self, iteration: int) -> dict[str, torch.Tensor]:
+        """The enabled loss terms (summed over classes) at ``iteration``, with the graph to the synthetic pixels."""
+        cfg, seed, nc = self.config, self.config.seed, len(self.classes)
+        self.net.reset_parameters(seeding.generator(seed, seeding.NET_INIT, iteration))
+        family = augment.choose_family(cfg.dsa_strategy, seeding.generator(seed, seeding.AUGMENT, iteration))
+        real, draws_real, draws_syn = [], [], []
+        for c in self.classes:
+            real.append(self.data.sample_real(c, self.n_real, seeding.generator(seed, seeding.REAL_BATCH, iteration, c),
+                                              self.device))
+            draw = augment.sample_params(family, max(self.n_real, cfg.ipc), self.data.image_size,
+                                         seeding.generator(seed, seeding.AUGMENT, iteration, c))
+            draws_real.append(draw.take(slice(0, self.n_real)))
+            draws_syn.append(draw.take(slice(0, cfg.ipc)))  # Siamese: the same parameters as the first real images
+        syn = self.images.view(nc, cfg.ipc, *self.images.shape[1:])[self.classes].flatten(0, 1)
+        syn = augment.apply(syn, augment.AugDraw.cat(draws_syn))
+        with torch.no_grad():
+            real = augment.apply(torch.cat(real), augment.AugDraw.cat(draws_real))
+            fmap_real = self._features(real).unflatten(0, (nc, self.n_real))
+        fmap_syn = self.net.features(syn).unflatten(0, (nc, cfg.ipc))
+        terms = {"dm": losses.batched_dm_loss(fmap_real.flatten(2), fmap_syn.flatten(2))}
+        if cfg.cm:
+            terms["cm"] = losses.batched_cm_loss(fmap_real, fmap_syn)
+        if cfg.cc:
+            featnet = self.featnets.sample(seeding.generator(seed, seeding.FEATNET, iteration))
+            terms["cc"] = losses.batched_cc_loss(featnet.embed(syn).unflatten(0, (nc, cfg.ipc)),
+                                                 cfg.cc_alpha, cfg.cc_beta, cfg.cc_form)
+        return terms
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        chunk = self.config.real_chunk
+        if not chunk or chunk >= len(x):
+            return self.net.features(x)
+        return torch.cat([self.net.features(part) for part in x.split(chunk)])
+
+    def step(self) -> dict:
+        """One optimisation step on the synthetic pixels; returns and records its history entry."""
+        start = time.perf_counter()
+        terms = self.loss_terms(self.iteration)
+        total = losses.combine(terms, self.config.loss_weights())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        record = {"iteration": self.iteration, "loss": total.item(),
+                  **{name: value.item() for name, value in terms.items()},
+                  "seconds": time.perf_counter() - start}
+        self.history.append(record)
+        self.iteration += 1
+        return record
+
+    def result(self) -> SyntheticSet:
+        return SyntheticSet(self.images.detach(), self.labels(), self.data.mean, self.data.std,
+                            list(self.data.classes), canonical(self.config), list(self.history))
+
+    def state_dict(self) -> dict:
+        return {"config": canonical(self.config), "iteration": self.iteration, "images": self.images.detach().cpu(),
+                "optimizer": self.optimizer.state_dict(), "history": canonical(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = dict(state["config"])
+        mine = canonical(self.config)
+        differing = [k for k in mine if k not in RESUMABLE_FIELDS and saved.get(k) != mine[k]]
+        if differing:
+            raise ValueError("checkpoint was written by a different config; differing fields: " +
+                             ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {mine[k]!r})" for k in differing))
+        with torch.no_grad():
+            self.images.copy_(state["images"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state["iteration"])
+        self.history = list(state["history"])
+
+    def save_checkpoint(self, path: Path) -> None:
+        atomic_save(self.state_dict(), path)
+
+
+def _net_kwargs(config: DistillConfig) -> dict:
+    if not config.model.startswith("convnet"):
+        return {}
+    kwargs = dict(width=config.net_width, depth=config.net_depth, activation=config.net_act,
+                  pooling=config.net_pooling)
+    if config.model == "convnet":
+        kwargs["norm"] = config.net_norm
+    return kwargs
+
+
+def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None = None, resume: bool = False,
+            progress: bool = True) -> SyntheticSet:
+    """Run (or continue) a distillation and return the synthetic set.
+
+    ``checkpoint``: a file written atomically every ``config.checkpoint_every`` iterations, at the end, and when the
+    run is interrupted (Ctrl-C). ``resume=True`` continues from it when it exists, to exactly the result an
+    uninterrupted run would give.
+    """
+    if config.checkpoint_every and checkpoint is None:
+        raise ValueError("checkpoint_every > 0 needs a checkpoint path")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path")
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    run = Distiller(config, data, progress)
+    if resume and checkpoint.exists():
+        run.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    if run.iteration > config.iterations:
+        raise ValueError(f"checkpoint is at iteration {run.iteration}, beyond iterations={config.iterations}")
+    bar = tqdm(total=config.iterations, initial=run.iteration, desc=f"distill {config.dataset} ipc{config.ipc}",
+               disable=not progress)
+    try:
+        while run.iteration < config.iterations:
+            record = run.step()
+            bar.update(1)
+            if run.iteration % 10 == 0 or run.iteration == config.iterations:
+                bar.set_postfix(loss=f"{record['loss']:.4g}")
+            if checkpoint is not None and config.checkpoint_every and run.iteration % config.checkpoint_every == 0:
+                run.save_checkpoint(checkpoint)
+    except KeyboardInterrupt:
+        if checkpoint is not None:
+            run.save_checkpoint(checkpoint)
+            warnings.warn(f"interrupted at iteration {run.iteration}; state saved to {checkpoint}")
+        raise
+    finally:
+        bar.close()
+    if checkpoint is not None:
+        run.save_checkpoint(checkpoint)
+    return run.result()

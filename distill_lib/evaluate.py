@@ -1,0 +1,102 @@
+"""Evaluation of a synthetic set: train fresh networks on it, test them on the real test set.
+
+The protocol travels with every number (``EvalResult.protocol``), so a table never loses how it was measured. The
+random-real-subset baseline is a :class:`SyntheticSet` too (:func:`random_subset`) and goes through the same call.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from . import augment, seeding
+from .data import RealData
+from .models import get_model
+from .synthetic import SyntheticSet
+from .train import TrainSpec, accuracy, resolve_device, train_classifier
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How synthetic sets are judged: DM's protocol, with the epoch budget as the main knob."""
+
+    model: str = "convnet"
+    epochs: int = 300
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    dsa: bool = True
+    dsa_strategy: str = augment.DEFAULT_STRATEGY
+    num_models: int = 3
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.num_models < 1:
+            raise ValueError(f"num_models must be >= 1, got {self.num_models}")
+        self.train_spec()  # validates epochs, lr, batch size and the strategy
+        resolve_device(self.device)
+
+    def train_spec(self) -> TrainSpec:
+        """lr x0.1 at half the epochs, as in DM's evaluation."""
+        return TrainSpec(epochs=self.epochs, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                         batch_size=self.batch_size, dsa_strategy=self.dsa_strategy if self.dsa else "none")
+
+    def describe(self) -> str:
+        return (f"{self.model}, {self.epochs} epochs, lr {self.lr} (x0.1 at half), momentum {self.momentum}, "
+                f"wd {self.weight_decay}, batch {self.batch_size}, DSA {'on' if self.dsa else 'off'}, "
+                f"{self.num_models} models, seed {self.seed}")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Test accuracies (fractions) of the models trained under ``protocol``."""
+
+    accuracies: tuple[float, ...]
+    protocol: dict = field(default_factory=dict)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f} %"
+
+
+def evaluate(syn: SyntheticSet, data: RealData, protocol: EvalProtocol = EvalProtocol(),
+             progress: bool = False) -> EvalResult:
+    """Train ``protocol.num_models`` fresh networks on ``syn`` (decoded view) and test each on ``data``'s test set."""
+    if syn.num_classes != data.num_classes or syn.images.shape[1:] != data.x_train.shape[1:]:
+        raise ValueError(f"synthetic set ({syn.num_classes} classes, images {tuple(syn.images.shape[1:])}) does not "
+                         f"fit data set {data.name!r} ({data.num_classes} classes, {tuple(data.x_train.shape[1:])})")
+    device = resolve_device(protocol.device)
+    x, y = (t.to(device) for t in syn.decoded())
+    x_test, y_test = data.test_tensors(device)
+    spec = protocol.train_spec()
+    accuracies = []
+    for k in range(protocol.num_models):
+        model = get_model(protocol.model, data.channels, data.num_classes, data.image_size)
+        model.reset_parameters(seeding.generator(protocol.seed, seeding.EVAL_MODEL, k, 0))
+        model.to(device)
+        train_classifier(model, x, y, spec, seeding.generator(protocol.seed, seeding.EVAL_MODEL, k, 1),
+                         progress=progress and f"eval model {k + 1}/{protocol.num_models}")
+        accuracies.append(accuracy(model, x_test, y_test))
+    return EvalResult(tuple(accuracies), asdict(protocol))
+
+
+def random_subset(data: RealData, ipc: int, seed: int = 0) -> SyntheticSet:
+    """The baseline every table needs: ``ipc`` random real training images per class, as a SyntheticSet."""
+    smallest = min(data.class_count(c) for c in range(data.num_classes))
+    if not 0 < ipc <= smallest:
+        raise ValueError(f"ipc must be in 1..{smallest} (the smallest class), got {ipc}")
+    images = torch.cat([data.sample_real(c, ipc, seeding.generator(seed, seeding.SUBSET, c))
+                        for c in range(data.num_classes)])
+    labels = torch.arange(data.num_classes).repeat_interleave(ipc)
+    return SyntheticSet(images, labels, data.mean, data.std, list(data.classes),
+                        {"method": "random_subset", "dataset": data.name, "ipc": ipc, "seed": seed})

@@ -1,0 +1,98 @@
+"""The synthetic set: what distillation produces and what evaluation, files, analysis and continual learning take.
+
+Images are stored normalised (the space the networks see). With IDM's partitioning (``factor`` > 1) each stored image
+holds a factor x factor grid of sub-images; :meth:`SyntheticSet.decoded` gives the images a student actually trains
+on, so every consumer can ignore how the set is stored.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .cache import atomic_save, canonical
+
+FORMAT_VERSION = 1
+
+
+def decode_partitions(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Split each image (N, C, H, W) into factor x factor tiles (row-major) and upsample each back to (H, W).
+
+    Returns (N * factor^2, C, H, W), tiles of image 0 first. factor 1 returns the images unchanged.
+    """
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    if factor == 1:
+        return images
+    n, c, h, w = images.shape
+    if h % factor or w % factor:
+        raise ValueError(f"factor {factor} does not divide the image size {h}x{w}")
+    tiles = images.reshape(n, c, factor, h // factor, factor, w // factor).permute(0, 2, 4, 1, 3, 5)
+    tiles = tiles.reshape(n * factor * factor, c, h // factor, w // factor)
+    return F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
+
+
+@dataclass(eq=False)
+class SyntheticSet:
+    """Synthetic images (normalised, float32) with labels, provenance and the history of the run that made them."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str]
+    config: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    factor: int = 1
+
+    def __post_init__(self):
+        if self.images.ndim != 4 or len(self.images) != len(self.labels):
+            raise ValueError(f"images {tuple(self.images.shape)} and labels {tuple(self.labels.shape)} do not match")
+        self.images = self.images.detach().float().cpu()
+        self.labels = self.labels.detach().long().cpu()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def ipc(self) -> int:
+        """Stored images per class (the storage budget)."""
+        return len(self.labels) // self.num_classes
+
+    def decoded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) a student network trains on: factor^2 upsampled tiles per stored image."""
+        images = decode_partitions(self.images, self.factor)
+        return images, self.labels.repeat_interleave(self.factor ** 2)
+
+    def for_display(self) -> torch.Tensor:
+        """Stored images mapped back to [0, 1] for plotting."""
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (self.images * std + mean).clamp(0, 1)
+
+    def metadata(self) -> dict:
+        return {"format_version": FORMAT_VERSION, "mean": list(self.mean), "std": list(self.std),
+                "classes": list(self.classes), "config": canonical(self.config),
+                "history": canonical(self.history), "factor": self.factor}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """One file of tensors plus a JSON string of metadata; readable with torch.load(weights_only=True)."""
+        path = Path(path)
+        atomic_save({"images": self.images, "labels": self.labels, "metadata": json.dumps(self.metadata())}, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SyntheticSet":
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or not {"images", "labels", "metadata"} <= blob.keys():
+            raise ValueError(f"{path} is not a saved SyntheticSet (needs images, labels and metadata)")
+        meta = json.loads(blob["metadata"])
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+        return cls(blob["images"], blob["labels"], tuple(meta["mean"]), tuple(meta["std"]), meta["classes"],
+                   meta["config"], meta["history"], meta["factor"])

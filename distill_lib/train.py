@@ -1,0 +1,97 @@
+"""The one loop that trains a classifier on tensors.
+
+Evaluation of synthetic sets, feature-net pretraining, IDM's model queue and the continual learner all train a
+network on (images, labels) tensors with SGD, optional DSA and a step decay; they all come here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import augment
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """SGD with momentum and weight decay; lr x ``lr_decay`` after ``lr_decay_at`` of the epochs (DM's protocol)."""
+
+    epochs: int = 300
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    lr_decay_at: float = 0.5
+    lr_decay: float = 0.1
+    dsa_strategy: str = augment.DEFAULT_STRATEGY
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        augment.parse_strategy(self.dsa_strategy)
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+
+def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              batch_size: int, generator: torch.Generator, dsa_strategy: str = "none") -> float:
+    """One pass over (x, y) in a seeded random order, DSA on each batch; returns the mean training loss."""
+    model.train()
+    order = torch.randperm(len(x), generator=generator).to(x.device)
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        idx = order[start:start + batch_size]
+        inputs = augment.augment(x[idx], dsa_strategy, generator)
+        loss = F.cross_entropy(model(inputs), y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(idx)
+    return total / len(x)
+
+
+def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainSpec,
+                     generator: torch.Generator, progress: bool | str = False) -> list[float]:
+    """Train ``model`` in place on (x, y) (already on the model's device); returns the loss of every epoch."""
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"need as many labels as images (and at least one), got {len(x)} and {len(y)}")
+    optimizer = spec.optimizer(model)
+    decay_epoch = int(spec.epochs * spec.lr_decay_at)
+    losses = []
+    epochs = range(spec.epochs)
+    if progress:
+        epochs = tqdm(epochs, desc=progress if isinstance(progress, str) else "train", leave=False)
+    for epoch in epochs:
+        if epoch == decay_epoch and epoch > 0:
+            for group in optimizer.param_groups:
+                group["lr"] *= spec.lr_decay
+        losses.append(run_epoch(model, optimizer, x, y, spec.batch_size, generator, spec.dsa_strategy))
+    return losses
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; anything else must be a valid torch device string."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}: {err}") from None
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted labels in eval mode, in batches."""
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Fraction of (x, y) classified correctly."""
+    return (predict(model, x, batch_size) == y).float().mean().item()
