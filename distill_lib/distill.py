@@ -152,10 +152,11 @@ class Distiller:
         for c in self.classes:
             real.append(self.data.sample_real(c, self.n_real, seeding.generator(seed, seeding.REAL_BATCH, iteration, c),
                                               self.device))
-            draw = augment.sample_params(family, max(self.n_real, cfg.ipc), self.data.image_size,
+            # Siamese, as in DM's code: one parameter draw per class, shared by its real and synthetic images.
+            draw = augment.sample_params(family, 1, self.data.image_size,
                                          seeding.generator(seed, seeding.AUGMENT, iteration, c))
-            draws_real.append(draw.take(slice(0, self.n_real)))
-            draws_syn.append(draw.take(slice(0, cfg.ipc)))  # Siamese: the same parameters as the first real images
+            draws_real.append(draw.take(torch.zeros(self.n_real, dtype=torch.long)))
+            draws_syn.append(draw.take(torch.zeros(cfg.ipc, dtype=torch.long)))
         syn = self.images.view(nc, cfg.ipc, *self.images.shape[1:])[self.classes].flatten(0, 1)
         syn = augment.apply(syn, augment.AugDraw.cat(draws_syn))
         with torch.no_grad():
