@@ -42,8 +42,12 @@ def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # unpicklable value, full disk, Ctrl-C: leave neither half a file nor the temporary
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class DiskCache:

@@ -43,7 +43,7 @@ HELP = {
 
 def _add_fields(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
     for f in dataclasses.fields(cls):
-        flag = "--" + prefix + f.name.replace("_", "-")
+        flag = "--" + (prefix + f.name).replace("_", "-")  # "eval_" + "num_models" -> --eval-num-models
         help_text = HELP.get(f.name, f.name.replace("_", " ")) + f" (default: {f.default})"
         if isinstance(f.default, bool):
             parser.add_argument(flag, dest=prefix + f.name, action=argparse.BooleanOptionalAction,

@@ -241,15 +241,19 @@ def _read_npz(path: Path) -> dict:
     if decoded.exists():
         try:
             return _npz_members(decoded)
-        except (OSError, ValueError, KeyError):
+        except Exception:  # corrupt, truncated or empty (EOFError, zipfile.BadZipFile, ValueError, OSError...)
             warnings.warn(f"decoded cache {decoded} unreadable; decoding {path} again")
     arrays = _npz_members(path)
+    tmp = decoded.with_suffix(f".tmp{os.getpid()}.npz")
     try:
         decoded.parent.mkdir(parents=True, exist_ok=True)
-        tmp = decoded.with_suffix(f".tmp{os.getpid()}.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, decoded)
     except OSError as err:  # a read-only cache is only slower, never fatal
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
         warnings.warn(f"could not cache the decoded copy of {path} in {decoded.parent}: {err}")
     return arrays
 

@@ -37,6 +37,7 @@ class EvalProtocol:
         if self.num_models < 1:
             raise ValueError(f"num_models must be >= 1, got {self.num_models}")
         self.train_spec()  # validates epochs, lr, batch size and the strategy
+        augment.parse_strategy(self.dsa_strategy)  # also when dsa=False, so a typo never hides in the protocol
         resolve_device(self.device)
 
     def train_spec(self) -> TrainSpec:

@@ -88,7 +88,13 @@ class SyntheticSet:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SyntheticSet":
-        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        try:
+            blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # not a torch file, truncated, or holding objects weights_only refuses
+            reason = (str(err).strip().splitlines() or [""])[0]
+            raise ValueError(f"{path} is not a readable SyntheticSet file ({type(err).__name__}: {reason})") from err
         if not isinstance(blob, dict) or not {"images", "labels", "metadata"} <= blob.keys():
             raise ValueError(f"{path} is not a saved SyntheticSet (needs images, labels and metadata)")
         meta = json.loads(blob["metadata"])
