@@ -20,7 +20,7 @@ from . import augment, losses, seeding
 from .cache import atomic_save, canonical
 from .data import DATASETS, RealData
 from .featnet import FeatNetPool, FeatNetSpec
-from .models import NORMS, get_model
+from .models import MODEL_NAMES, NORMS, get_model
 from .synthetic import SyntheticSet
 from .train import resolve_device
 
@@ -79,6 +79,8 @@ class DistillConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"unknown model {self.model!r}; known: {', '.join(MODEL_NAMES)}")
         if self.net_norm not in NORMS:
             raise ValueError(f"net_norm must be one of {NORMS}, got {self.net_norm!r}")
         if self.cc_form not in losses.CC_FORMS:
@@ -113,8 +115,9 @@ class Distiller:
         if config.ipc > smallest:
             raise ValueError(f"ipc={config.ipc} is larger than the smallest class ({smallest} training images)")
         if config.ipc == 1 and (config.cc or config.cm):
-            warnings.warn("with ipc=1 and DM, CC is exactly 0 and CM has zero gradient (one sample is its own mean);"
-                          " use IDM, whose partitioning gives several samples per stored image", stacklevel=3)
+            warnings.warn("with ipc=1 and DM, CC and CM are constants with zero gradient (one sample is its own mean:"
+                          " the simplified CC is exactly 0); use IDM, whose partitioning gives several samples per"
+                          " stored image", stacklevel=3)
         self.config, self.data = config, data
         self.device = resolve_device(config.device)
         self.n_real = min(config.batch_real, smallest)
@@ -125,6 +128,8 @@ class Distiller:
         self.net = get_model(config.model, data.channels, data.num_classes, data.image_size,
                              **_net_kwargs(config)).to(self.device)
         self.net.requires_grad_(False)  # only the pixels learn; no weight gradients are computed
+        # Batch norm mixes the samples of a batch, so its classes must go through the net one at a time.
+        self.per_class_forward = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.net.modules())
         self.featnets = (FeatNetPool(data, config.featnet_spec(), config.featnet_pool, self.device, progress)
                          if config.cc else None)
         self.images = self._initial_images().to(self.device).requires_grad_(True)
@@ -161,19 +166,23 @@ class Distiller:
         syn = augment.apply(syn, augment.AugDraw.cat(draws_syn))
         with torch.no_grad():
             real = augment.apply(torch.cat(real), augment.AugDraw.cat(draws_real))
-            fmap_real = self._features(real).unflatten(0, (nc, self.n_real))
-        fmap_syn = self.net.features(syn).unflatten(0, (nc, cfg.ipc))
-        terms = {"dm": losses.batched_dm_loss(fmap_real.flatten(2), fmap_syn.flatten(2))}
+            fmap_real = self._features(real, self.config.real_chunk).unflatten(0, (nc, self.n_real))
+        fmap_syn = self._features(syn).unflatten(0, (nc, cfg.ipc))
+        embed = self.net.head  # the model's embedding of its last feature map (flatten for the ConvNet)
+        terms = {"dm": losses.batched_dm_loss(embed(fmap_real.flatten(0, 1)).unflatten(0, (nc, self.n_real)),
+                                              embed(fmap_syn.flatten(0, 1)).unflatten(0, (nc, cfg.ipc)))}
         if cfg.cm:
             terms["cm"] = losses.batched_cm_loss(fmap_real, fmap_syn)
         if cfg.cc:
-            featnet = self.featnets.sample(seeding.generator(seed, seeding.FEATNET, iteration))
+            featnet = self.featnets.sample(seeding.generator(seed, seeding.FEATNET_DRAW, iteration))
             terms["cc"] = losses.batched_cc_loss(featnet.embed(syn).unflatten(0, (nc, cfg.ipc)),
                                                  cfg.cc_alpha, cfg.cc_beta, cfg.cc_form)
         return terms
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        chunk = self.config.real_chunk
+    def _features(self, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+        """Last feature maps of a class-major batch: in chunks of ``chunk`` images if > 0, per class for batch norm."""
+        if self.per_class_forward:
+            chunk = len(x) // len(self.classes)
         if not chunk or chunk >= len(x):
             return self.net.features(x)
         return torch.cat([self.net.features(part) for part in x.split(chunk)])

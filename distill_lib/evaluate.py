@@ -96,7 +96,7 @@ def random_subset(data: RealData, ipc: int, seed: int = 0) -> SyntheticSet:
     smallest = min(data.class_count(c) for c in range(data.num_classes))
     if not 0 < ipc <= smallest:
         raise ValueError(f"ipc must be in 1..{smallest} (the smallest class), got {ipc}")
-    images = torch.cat([data.sample_real(c, ipc, seeding.generator(seed, seeding.SUBSET, c))
+    images = torch.cat([data.sample_real(c, ipc, seeding.generator(seed, seeding.RANDOM_SUBSET, c))
                         for c in range(data.num_classes)])
     labels = torch.arange(data.num_classes).repeat_interleave(ipc)
     return SyntheticSet(images, labels, data.mean, data.std, list(data.classes),

@@ -18,11 +18,17 @@ EVAL_MODEL = 5
 SUBSET = 6
 FEATNET = 7
 SPLIT = 8
+RANDOM_SUBSET = 9
+FEATNET_DRAW = 10
 
 
 def derive_seed(*keys: int) -> int:
-    """A 63-bit seed that depends on every key (numpy's SeedSequence hashing)."""
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    """A 63-bit seed that depends on every key (numpy's SeedSequence hashing).
+
+    The number of keys is hashed too: SeedSequence pads short entropy with zeros, so on its own it maps (a, b) and
+    (a, b, 0) to the same state, and e.g. a per-iteration stream would equal that iteration's class-0 stream.
+    """
+    state = np.random.SeedSequence([len(keys), *(int(k) for k in keys)]).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
 

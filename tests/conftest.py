@@ -1,0 +1,27 @@
+"""Shared fixtures: the tiny ``digits`` data set, and a per-test cache folder so no test writes to ~/.cache."""
+import os
+
+import pytest
+import torch
+
+from distill_lib.data import load_dataset
+
+# The test machine's 2 cores are shared with other jobs: torch's intra-op threads then spin against each other and a
+# tiny test can run 10-100x slower. One thread keeps the suite fast and its timing stable.
+torch.set_num_threads(int(os.environ.get("DISTILL_TEST_THREADS", "1")))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own DISTILL_CACHE (feature nets, decoded data copies)."""
+    cache = tmp_path / "distill_cache"
+    monkeypatch.setenv("DISTILL_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """scikit-learn's digits (16x16 grayscale, 10 classes), loaded once per session; treat as read-only."""
+    with pytest.MonkeyPatch.context() as mp:  # session fixtures run before the per-test cache is set
+        mp.setenv("DISTILL_CACHE", str(tmp_path_factory.mktemp("session_cache")))
+        return load_dataset("digits")

@@ -1,0 +1,349 @@
+"""Tests for distill_lib.distill (and the SyntheticSet it returns), on the tiny digits set.
+
+The central test recomputes the library's batched loss terms class by class, from the same seeded streams, with a
+separately built net and the plain per-class losses. The rest: determinism, resume == uninterrupted (also after
+Ctrl-C), config validation, the IPC-1 warning, the history, and SyntheticSet files and decoding.
+"""
+import dataclasses
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill_lib import augment, losses, seeding
+from distill_lib.cache import canonical
+from distill_lib.distill import DistillConfig, Distiller, config_from_dict, distill
+from distill_lib.featnet import pretrain
+from distill_lib.models import get_model
+from distill_lib.synthetic import SyntheticSet, decode_partitions
+
+TINY = dict(dataset="digits", ipc=3, iterations=4, batch_real=8, net_width=8, device="cpu")
+FEATNET = dict(featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+
+
+def tiny(**overrides) -> DistillConfig:
+    return DistillConfig(**{**TINY, **overrides})
+
+
+def losses_of(history):
+    """History entries without the wall-clock time (the only field allowed to differ between equal runs)."""
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+
+# ---------------------------------------------------------------- the loss terms, recomputed class by class
+
+def reference_terms(run: Distiller, iteration: int) -> dict[str, torch.Tensor]:
+    """The loss terms at ``iteration``, one class at a time: own net, own forwards, per-class losses."""
+    cfg, data, seed = run.config, run.data, run.config.seed
+    net = get_model(cfg.model, data.channels, data.num_classes, data.image_size, width=cfg.net_width,
+                    depth=cfg.net_depth, activation=cfg.net_act, norm=cfg.net_norm, pooling=cfg.net_pooling)
+    net.reset_parameters(seeding.generator(seed, seeding.NET_INIT, iteration))
+    family = augment.choose_family(cfg.dsa_strategy, seeding.generator(seed, seeding.AUGMENT, iteration))
+    featnet = pretrain(data, cfg.featnet_spec())[0] if cfg.cc else None  # pool of one: the cached net
+    n_real = min(cfg.batch_real, min(data.class_count(c) for c in range(data.num_classes)))
+    terms = {"dm": 0.0, **({"cm": 0.0} if cfg.cm else {}), **({"cc": 0.0} if cfg.cc else {})}
+    for c in range(data.num_classes):
+        real = data.sample_real(c, n_real, seeding.generator(seed, seeding.REAL_BATCH, iteration, c))
+        # Siamese as in DM's code: one parameter draw for the class, applied to all its real and synthetic images
+        draw = augment.sample_params(family, 1, data.image_size, seeding.generator(seed, seeding.AUGMENT, iteration, c))
+        syn = run.images[c * cfg.ipc:(c + 1) * cfg.ipc]
+        real = augment.apply(real, draw.take(torch.zeros(n_real, dtype=torch.long)))
+        syn = augment.apply(syn, draw.take(torch.zeros(cfg.ipc, dtype=torch.long)))
+        fmap_real, fmap_syn = net.features(real).detach(), net.features(syn)
+        terms["dm"] = terms["dm"] + losses.dm_loss(fmap_real.flatten(1), fmap_syn.flatten(1))
+        if cfg.cm:
+            terms["cm"] = terms["cm"] + losses.cm_loss(fmap_real, fmap_syn)
+        if cfg.cc:
+            terms["cc"] = terms["cc"] + losses.cc_loss(featnet.embed(syn), cfg.cc_alpha, cfg.cc_beta, cfg.cc_form)
+    return terms
+
+
+def check_against_reference(run: Distiller, iterations):
+    weights = run.config.loss_weights()
+    for it in iterations:
+        got, want = run.loss_terms(it), reference_terms(run, it)
+        assert got.keys() == want.keys()
+        for name in got:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=f"{name} at iteration {it}")
+        # and the gradients w.r.t. the synthetic pixels (the per-class slicing of the stored images)
+        g_lib = torch.autograd.grad(losses.combine(got, weights), run.images)[0]
+        g_ref = torch.autograd.grad(losses.combine(want, weights), run.images)[0]
+        assert g_lib.abs().max() > 0
+        torch.testing.assert_close(g_lib, g_ref, rtol=1e-4, atol=1e-6 * g_ref.abs().max().item())
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(cm=True), dict(cm=True, init="noise", ipc=2, batch_real=5)],
+                         ids=["dm", "dm+cm", "dm+cm-noise"])
+def test_loss_terms_equal_per_class_reference(digits, extra):
+    run = Distiller(tiny(**extra), digits, progress=False)
+    run.step()
+    run.step()  # move the pixels off their initialisation
+    check_against_reference(run, range(6))  # several iterations: several augmentation families
+
+
+@pytest.mark.parametrize("form, alpha", [("simplified", 1.0), ("paper", 1e-3)])
+def test_loss_terms_with_cc_equal_per_class_reference(digits, form, alpha):
+    cfg = tiny(cc=True, cm=True, cc_form=form, cc_alpha=alpha, **FEATNET)
+    run = Distiller(cfg, digits, progress=False)
+    run.step()
+    check_against_reference(run, [1, 2])
+
+
+def test_reference_is_not_vacuous(digits):
+    """The reference depends on the iteration's streams: another iteration's net/batch gives other numbers."""
+    run = Distiller(tiny(cm=True), digits, progress=False)
+    a, b = reference_terms(run, 0), reference_terms(run, 1)
+    assert not torch.isclose(a["dm"], b["dm"], rtol=1e-3)
+    assert not torch.isclose(a["cm"], b["cm"], rtol=1e-3)
+
+
+# ---------------------------------------------------------------- determinism and resume
+
+def test_same_config_same_images_other_seed_differs(digits):
+    a = distill(tiny(), digits, progress=False)
+    b = distill(tiny(), digits, progress=False)
+    c = distill(tiny(seed=1), digits, progress=False)
+    assert torch.equal(a.images, b.images)
+    assert losses_of(a.history) == losses_of(b.history)
+    assert not torch.equal(a.images, c.images)
+    # the pixels moved away from the (deterministic) real initialisation
+    init = Distiller(tiny(), digits, progress=False).images.detach()
+    assert not torch.equal(a.images, init)
+
+
+def test_resume_equals_uninterrupted(digits, tmp_path):
+    full = distill(tiny(iterations=6, checkpoint_every=2), digits, checkpoint=tmp_path / "full.pt", progress=False)
+    plain = distill(tiny(iterations=6), digits, progress=False)
+    assert torch.equal(full.images, plain.images)
+
+    ckpt = tmp_path / "part.pt"
+    part = distill(tiny(iterations=3, checkpoint_every=2), digits, checkpoint=ckpt, progress=False)
+    assert len(part.history) == 3
+    state = torch.load(ckpt, weights_only=True)
+    assert state["iteration"] == 3  # the final save, not only the every-2 one
+    resumed = distill(tiny(iterations=6, checkpoint_every=2), digits, checkpoint=ckpt, resume=True, progress=False)
+    assert torch.equal(resumed.images, full.images)
+    assert losses_of(resumed.history) == losses_of(full.history)
+    assert [r["iteration"] for r in resumed.history] == list(range(6))
+
+    # resuming a finished run is a no-op that returns the same result
+    again = distill(tiny(iterations=6), digits, checkpoint=ckpt, resume=True, progress=False)
+    assert torch.equal(again.images, full.images)
+    # a checkpoint beyond the requested iterations is an error
+    with pytest.raises(ValueError, match="beyond iterations"):
+        distill(tiny(iterations=5), digits, checkpoint=ckpt, resume=True, progress=False)
+
+
+def test_resume_from_other_config_names_the_field(digits, tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    distill(tiny(iterations=2), digits, checkpoint=ckpt, progress=False)
+    with pytest.raises(ValueError, match="lr_img"):
+        distill(tiny(iterations=4, lr_img=0.5), digits, checkpoint=ckpt, resume=True, progress=False)
+    with pytest.raises(ValueError, match="seed") as err:
+        distill(tiny(iterations=4, seed=3), digits, checkpoint=ckpt, resume=True, progress=False)
+    assert "lr_img" not in str(err.value)
+
+
+def test_keyboard_interrupt_saves_checkpoint_and_resume_finishes(digits, tmp_path, monkeypatch):
+    full = distill(tiny(iterations=6), digits, progress=False)
+    real_step, calls = Distiller.step, []
+
+    def flaky_step(self):
+        calls.append(self.iteration)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    ckpt = tmp_path / "ckpt.pt"
+    monkeypatch.setattr(Distiller, "step", flaky_step)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="interrupted at iteration 3"):
+        distill(tiny(iterations=6), digits, checkpoint=ckpt, progress=False)
+    monkeypatch.undo()
+    state = torch.load(ckpt, weights_only=True)
+    assert state["iteration"] == 3 and len(state["history"]) == 3
+
+    resumed = distill(tiny(iterations=6), digits, checkpoint=ckpt, resume=True, progress=False)
+    assert torch.equal(resumed.images, full.images)
+    assert losses_of(resumed.history) == losses_of(full.history)
+
+
+# ---------------------------------------------------------------- validation
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(dataset="imagenet42"), "unknown dataset"),
+    (dict(dsa_strategy="color_blur"), "blur"),
+    (dict(ipc=0), "ipc"),
+    (dict(ipc=-2), "ipc"),
+    (dict(lr_img=0.0), "lr_img"),
+    (dict(lr_img=-1.0), "lr_img"),
+    (dict(iterations=0), "iterations"),
+    (dict(init="zeros"), "init"),
+    (dict(cc_form="exp"), "cc_form"),
+    (dict(net_norm="weird"), "net_norm"),
+])
+def test_bad_config_raises(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**overrides)
+
+
+def test_bad_run_arguments_raise(digits, tmp_path):
+    with pytest.raises(ValueError, match="unknown model"):
+        distill(tiny(model="resnet1000"), digits, progress=False)
+    with pytest.raises(ValueError, match="larger than the smallest class"):
+        distill(tiny(ipc=10_000), digits, progress=False)
+    with pytest.raises(ValueError, match="checkpoint path"):
+        distill(tiny(checkpoint_every=2), digits, progress=False)
+    with pytest.raises(ValueError, match="checkpoint path"):
+        distill(tiny(), digits, resume=True, progress=False)
+    with pytest.raises(ValueError, match="dataset"):
+        distill(tiny(dataset="mnist"), digits, progress=False)  # config and data disagree
+    with pytest.raises(ValueError, match="unknown DistillConfig fields"):
+        config_from_dict({**canonical(tiny()), "lr": 1.0})
+    assert config_from_dict(canonical(tiny())) == tiny()
+
+
+# ---------------------------------------------------------------- IPC 1, history, result
+
+def test_ipc1_with_cc_and_cm_warns_and_cc_is_zero(digits):
+    cfg = tiny(ipc=1, iterations=2, cc=True, cm=True, **FEATNET)
+    with pytest.warns(UserWarning, match="ipc=1"):
+        result = distill(cfg, digits, progress=False)
+    assert [r["cc"] for r in result.history] == [0.0, 0.0]
+    assert all(r["cm"] > 0 for r in result.history)  # the constant ||Sigma_real||_F^2
+    # CM contributes no gradient to the pixels: dm+cm gives the same step as dm alone
+    with pytest.warns(UserWarning, match="ipc=1"):
+        with_cm = Distiller(tiny(ipc=1, cm=True), digits, progress=False)
+    dm_only = Distiller(tiny(ipc=1), digits, progress=False)
+    g_cm = torch.autograd.grad(losses.combine(with_cm.loss_terms(0), with_cm.config.loss_weights()), with_cm.images)
+    g_dm = torch.autograd.grad(dm_only.loss_terms(0)["dm"], dm_only.images)
+    torch.testing.assert_close(g_cm[0], g_dm[0], rtol=1e-6, atol=0)
+
+
+def test_no_warning_when_ipc_above_one(digits):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Distiller(tiny(ipc=2, cm=True), digits, progress=False)
+
+
+def test_history_keeps_terms_separately(digits):
+    cfg = tiny(iterations=2, cc=True, cm=True, lambda_cc=0.3, lambda_cm=0.2, **FEATNET)
+    result = distill(cfg, digits, progress=False)
+    assert [r["iteration"] for r in result.history] == [0, 1]
+    for r in result.history:
+        assert {"dm", "cm", "cc", "loss", "seconds"} <= r.keys()
+        assert r["loss"] == pytest.approx(r["dm"] + 0.2 * r["cm"] + 0.3 * r["cc"], rel=1e-5)
+        assert r["cc"] > 0 and r["cm"] > 0
+    dm_only = distill(tiny(iterations=1), digits, progress=False)
+    assert "cc" not in dm_only.history[0] and "cm" not in dm_only.history[0]
+    assert dm_only.history[0]["loss"] == dm_only.history[0]["dm"]
+
+
+def test_synthetic_set_shape_labels_and_config(digits):
+    result = distill(tiny(ipc=2, iterations=1), digits, progress=False)
+    assert result.images.shape == (20, 1, 16, 16) and result.images.dtype == torch.float32
+    assert torch.equal(result.labels, torch.arange(10).repeat_interleave(2))
+    assert result.ipc == 2 and result.num_classes == 10 and result.classes == [str(i) for i in range(10)]
+    assert result.config == canonical(tiny(ipc=2, iterations=1))
+    assert result.mean == digits.mean and result.std == digits.std
+    assert not result.images.requires_grad
+    # real init: before any step, each class's synthetic images are real images of that class
+    run = Distiller(tiny(ipc=2), digits, progress=False)
+    x = digits.normalize(digits.x_train)
+    for i, label in enumerate(run.labels().tolist()):
+        match = (x - run.images[i].detach()).flatten(1).abs().amax(1) < 1e-6
+        assert match.any() and bool((digits.y_train[match] == label).all())
+
+
+def test_dm_loss_decreases(digits):
+    run = Distiller(tiny(ipc=2), digits, progress=False)
+
+    def held_out():  # the same 10 nets/batches/augmentations before and after: no sampling noise in the comparison
+        with torch.no_grad():
+            return sum(run.loss_terms(1000 + i)["dm"].item() for i in range(10)) / 10
+
+    before = held_out()
+    for _ in range(30):
+        run.step()
+    dm = [r["dm"] for r in run.history]
+    first, last = sum(dm[:5]) / 5, sum(dm[-5:]) / 5
+    assert last < 0.9 * first, (first, last)  # ~0.7 at seed 0; each iteration draws a new net, so it is noisy
+    assert held_out() < 0.8 * before  # 0.55-0.7 over seeds 0-4
+
+
+# ---------------------------------------------------------------- SyntheticSet files and decoding
+
+def small_set(factor=1, n_per_class=2, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(3 * n_per_class, 2, size, size, generator=g)
+    return SyntheticSet(images, torch.arange(3).repeat_interleave(n_per_class), (0.5, 0.4), (0.2, 0.3),
+                        ["a", "b", "c"], {"ipc": n_per_class, "note": [1, 2]}, [{"iteration": 0, "dm": 1.5}], factor)
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+def test_synthetic_set_save_load_round_trip(tmp_path, factor):
+    s = small_set(factor)
+    path = s.save(tmp_path / "sub" / "set.pt")
+    blob = torch.load(path, weights_only=True)
+    assert torch.equal(blob["images"], s.images) and torch.equal(blob["labels"], s.labels)
+    t = SyntheticSet.load(path)
+    assert torch.equal(t.images, s.images) and torch.equal(t.labels, s.labels)
+    assert (t.mean, t.std, t.classes, t.config, t.history, t.factor) == (s.mean, s.std, s.classes, s.config,
+                                                                            s.history, s.factor)
+    for a, b in zip(t.decoded(), s.decoded()):
+        assert torch.equal(a, b)
+
+
+def test_distilled_set_round_trip(digits, tmp_path):
+    result = distill(tiny(iterations=1), digits, progress=False)
+    loaded = SyntheticSet.load(result.save(tmp_path / "s.pt"))
+    assert torch.equal(loaded.images, result.images)
+    assert loaded.history == canonical(result.history)
+    assert config_from_dict(loaded.config) == tiny(iterations=1)
+
+
+def test_load_rejects_other_files(tmp_path):
+    torch.save({"images": torch.zeros(1)}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not a saved SyntheticSet"):
+        SyntheticSet.load(tmp_path / "x.pt")
+
+
+def test_decoded_factor_1_is_unchanged():
+    s = small_set(1)
+    images, labels = s.decoded()
+    assert torch.equal(images, s.images) and torch.equal(labels, s.labels)
+
+
+def test_decoded_factor_2_matches_tile_loop():
+    s = small_set(2, size=8)
+    images, labels = s.decoded()
+    want_images, want_labels = [], []
+    for img, label in zip(s.images, s.labels.tolist()):
+        for r in range(2):  # row-major tiles
+            for c in range(2):
+                tile = img[:, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4]
+                want_images.append(F.interpolate(tile[None], size=(8, 8), mode="bilinear", align_corners=False)[0])
+                want_labels.append(label)
+    assert images.shape == (4 * len(s.images), 2, 8, 8)
+    torch.testing.assert_close(images, torch.stack(want_images), rtol=1e-6, atol=1e-6)
+    assert labels.tolist() == want_labels
+    # tile (0, 1) of image 0 is its top-right quarter, not a column-major neighbour
+    assert not torch.allclose(images[1], images[2])
+
+
+def test_decode_partitions_rejects_bad_factor():
+    x = torch.zeros(2, 1, 6, 6)
+    with pytest.raises(ValueError, match="divide"):
+        decode_partitions(x, 4)
+    with pytest.raises(ValueError, match="factor"):
+        decode_partitions(x, 0)
+
+
+def test_iteration_and_class_streams_never_coincide():
+    """The per-iteration streams (net, augmentation family, feature-net draw) differ from every class's stream of
+    that iteration; numpy's SeedSequence alone maps (..., it) and (..., it, 0) to the same state."""
+    for purpose in (seeding.AUGMENT, seeding.REAL_BATCH, seeding.NET_INIT, seeding.FEATNET):
+        for it in (0, 1, 7):
+            per_iteration = seeding.derive_seed(0, purpose, it)
+            assert per_iteration not in {seeding.derive_seed(0, purpose, it, c) for c in range(10)}
+    assert seeding.derive_seed(0, seeding.SYN_INIT) != seeding.derive_seed(0, seeding.SYN_INIT, 0)
