@@ -50,7 +50,7 @@ class DistillConfig:
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 0
-    real_chunk: int = 0  # >0: push the real batch through the net in chunks of this many images (cache-friendly)
+    real_chunk: int = 32  # >0: push the real batch through the net in chunks of this many images (cache-friendly)
     # Class centralization (inter-sample relation), on a pretrained feature net.
     cc: bool = False
     lambda_cc: float = 0.05
@@ -128,6 +128,7 @@ class Distiller:
         self.net = get_model(config.model, data.channels, data.num_classes, data.image_size,
                              **_net_kwargs(config)).to(self.device)
         self.net.requires_grad_(False)  # only the pixels learn; no weight gradients are computed
+        self.net.to(memory_format=torch.channels_last)  # measured faster for these convs and norms on CPU
         # Batch norm mixes the samples of a batch, so its classes must go through the net one at a time.
         self.per_class_forward = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.net.modules())
         self.featnets = (FeatNetPool(data, config.featnet_spec(), config.featnet_pool, self.device, progress)
@@ -183,6 +184,7 @@ class Distiller:
         """Last feature maps of a class-major batch: in chunks of ``chunk`` images if > 0, per class for batch norm."""
         if self.per_class_forward:
             chunk = len(x) // len(self.classes)
+        x = x.contiguous(memory_format=torch.channels_last)
         if not chunk or chunk >= len(x):
             return self.net.features(x)
         return torch.cat([self.net.features(part) for part in x.split(chunk)])
