@@ -24,13 +24,6 @@ TINY_DISTILL = ["--dataset", "digits", "--iterations", "3", "--ipc", "2", "--bat
 TINY_EVAL = ["--eval-epochs", "2", "--eval-num-models", "1", "--eval-model", "mlp", "--eval-device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

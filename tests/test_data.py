@@ -18,14 +18,6 @@ from distill_lib import data as data_mod
 from distill_lib.data import DATASETS, data_root, from_arrays, load_dataset
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two shared CPU cores: torch's intra-op threads only contend with each other here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):

@@ -15,13 +15,6 @@ from distill_lib.train import TrainSpec, accuracy, predict, train_classifier
 QUICK = dict(model="mlp", epochs=20, batch_size=32, num_models=2, seed=0, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def subset10(digits):

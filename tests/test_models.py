@@ -28,15 +28,6 @@ NORM_OF = {"convnet": "instancenorm", "convnet_bn": "batchnorm", "convnet_ln": "
 GROUPS = {"instancenorm": 8, "layernorm": 1, "groupnorm": 4}  # GroupNorm groups at width 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: on a small shared CPU, intra-op threads cost more in syncing than they gain."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(name, channels=3, image_size=(16, 16), num_classes=5, **kwargs):
     if name.startswith("convnet"):
         kwargs.setdefault("width", 8)
