@@ -35,3 +35,8 @@ def derive_seed(*keys: int) -> int:
 def generator(*keys: int) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded from ``derive_seed(*keys)``."""
     return torch.Generator().manual_seed(derive_seed(*keys))
+
+# Continual learning (distill_lib.continual): the class order, herding's random feature net, each task's learner.
+CLASS_ORDER = 21
+HERDING = 22
+CONTINUAL = 23

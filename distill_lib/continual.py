@@ -1,0 +1,266 @@
+"""Class-incremental learning with a memory of a fixed budget per class (the GDumb-style protocol of the DM paper).
+
+Classes arrive in tasks (:func:`make_scenario`). After each task a memory of ``ipc`` images per class of that task is
+built (:func:`build_memory`: a random real subset, herding, DM or DM+CC+CM) and added to the memories of earlier
+tasks; a *fresh* network is then trained from scratch on the whole memory and tested on the test images of the
+classes seen so far (:func:`run_continual`). Memories are :class:`SyntheticSet` s whose labels are the data set's
+class indices, so memories of different tasks concatenate (:func:`memory_union`) and train like any synthetic set.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import statistics
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from . import seeding
+from .cache import DiskCache, canonical
+from .data import RealData
+from .distill import DistillConfig, distill
+from .models import MODEL_NAMES, get_model
+from .synthetic import SyntheticSet
+from .train import TrainSpec, accuracy, resolve_device, train_classifier
+
+BUILDERS = ("random", "herding", "dm", "dm_cc_cm")
+DISTILLED = ("dm", "dm_cc_cm")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scenarios
+
+@dataclass(frozen=True)
+class Scenario:
+    """Classes ``0 .. num_classes - 1`` split into tasks; every class belongs to exactly one task."""
+
+    num_classes: int
+    tasks: list[list[int]]
+
+    def __post_init__(self):
+        flat = [c for task in self.tasks for c in task]
+        if not self.tasks or any(not task for task in self.tasks) or sorted(flat) != list(range(self.num_classes)):
+            raise ValueError(f"tasks {self.tasks} are not a partition of classes 0..{self.num_classes - 1} "
+                             "into non-empty tasks")
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    def seen(self, t: int) -> list[int]:
+        """The classes of tasks 0..t, in the order they arrived."""
+        if not 0 <= t < self.num_tasks:
+            raise ValueError(f"task {t} out of range 0..{self.num_tasks - 1}")
+        return [c for task in self.tasks[:t + 1] for c in task]
+
+
+def make_scenario(num_classes: int, num_tasks: int, seed: int = 0) -> Scenario:
+    """A seeded random class order cut into ``num_tasks`` tasks whose sizes differ by at most one (larger first)."""
+    if not 1 <= num_tasks <= num_classes:
+        raise ValueError(f"num_tasks must be in 1..num_classes={num_classes}, got {num_tasks}")
+    order = torch.randperm(num_classes, generator=seeding.generator(seed, seeding.CLASS_ORDER))
+    return Scenario(num_classes, [part.tolist() for part in order.tensor_split(num_tasks)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Memory builders
+
+@dataclass(frozen=True)
+class Builder:
+    """A memory builder by name, with the settings that builder reads (the others are ignored).
+
+    ``dm_config``: base settings of ``dm`` / ``dm_cc_cm``; the builder sets dataset, ipc, seed, and cc = cm = (name is
+    ``dm_cc_cm``). ``feature_model``: the architecture of herding's seeded random feature net, unless ``feature_net``
+    gives a net (e.g. a pretrained one) whose ``.embed`` herding uses instead.
+    """
+
+    name: str
+    dm_config: DistillConfig = DistillConfig()
+    feature_model: str = "convnet"
+    feature_net: nn.Module | None = None
+
+    def __post_init__(self):
+        if self.name not in BUILDERS:
+            raise ValueError(f"unknown memory builder {self.name!r}; known: {', '.join(BUILDERS)}")
+        if self.feature_model not in MODEL_NAMES:
+            raise ValueError(f"unknown feature model {self.feature_model!r}; known: {', '.join(MODEL_NAMES)}")
+
+    def distill_config(self, dataset: str, ipc: int, seed: int) -> DistillConfig:
+        both = self.name == "dm_cc_cm"
+        return dataclasses.replace(self.dm_config, dataset=dataset, ipc=ipc, seed=seed, cc=both, cm=both)
+
+    def settings(self, dataset: str, ipc: int, seed: int) -> dict:
+        """What, besides data, classes, ipc and seed, determines this builder's memory (part of the cache key)."""
+        if self.name in DISTILLED:
+            return canonical(self.distill_config(dataset, ipc, seed))
+        if self.name == "herding":
+            return {"feature_model": self.feature_model,
+                    "feature_net": None if self.feature_net is None else _digest(self.feature_net)}
+        return {}
+
+
+def _digest(net: nn.Module) -> str:
+    """sha256 of a net's class and state, so a given feature net can key the cache."""
+    h = hashlib.sha256(type(net).__name__.encode())
+    for name, tensor in net.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def herding(features: torch.Tensor, m: int) -> torch.Tensor:
+    """Indices of ``m`` rows of ``features`` (N, D) chosen by herding (Welling 2009, as in iCaRL), in pick order.
+
+    Step k picks, among the rows not yet picked, the one whose addition brings the mean of the picked rows closest
+    (Euclidean) to the mean of all rows; ties go to the lowest index.
+    """
+    if not 0 < m <= len(features):
+        raise ValueError(f"cannot herd {m} of {len(features)} samples")
+    target, total = features.mean(0), torch.zeros_like(features[0])
+    taken = torch.zeros(len(features), dtype=torch.bool)
+    picks = []
+    for k in range(1, m + 1):
+        dist = (target - (total + features) / k).pow(2).sum(1).masked_fill(taken, float("inf"))
+        i = int(dist.argmin())
+        picks.append(i)
+        taken[i] = True
+        total = total + features[i]
+    return torch.tensor(picks)
+
+
+def _random(data: RealData, classes: list[int], ipc: int, seed: int, builder: Builder, progress: bool):
+    """The same per-class draws as :func:`evaluate.random_subset`, so class c's memory is that baseline's rows."""
+    return torch.cat([data.sample_real(c, ipc, seeding.generator(seed, seeding.RANDOM_SUBSET, c)) for c in classes])
+
+
+@torch.no_grad()
+def _herding(data: RealData, classes: list[int], ipc: int, seed: int, builder: Builder, progress: bool):
+    """Herding per class on L2-normalised embeddings (as iCaRL) of a fixed net: the given one or a seeded random one."""
+    net = builder.feature_net
+    if net is None:
+        net = get_model(builder.feature_model, data.channels, data.num_classes, data.image_size)
+        net.reset_parameters(seeding.generator(seed, seeding.HERDING))
+    net.eval()
+    device = next(net.parameters(), torch.empty(0)).device
+    picked = []
+    for c in classes:
+        x = data.normalize(data.x_train[data.class_indices(c)])
+        feats = torch.cat([net.embed(part.to(device)).cpu() for part in x.split(256)])
+        picked.append(x[herding(nn.functional.normalize(feats, dim=1), ipc)])
+    return torch.cat(picked)
+
+
+def _distilled(data: RealData, classes: list[int], ipc: int, seed: int, builder: Builder, progress: bool):
+    """DM (+CC+CM) on the whole data set; :func:`build_memory` caches it and serves class groups as its rows.
+
+    ``Distiller`` always distils every class of its RealData (each needs >= ipc images, and models need >= 2
+    classes), so a class group cannot be distilled on its own. It need not be: DM's loss is a sum over classes and
+    every draw but the random net and augmentation family is keyed by class, so class c's images depend only on
+    class c's real images (and the shared per-iteration nets) -- the rows of one whole-data run are exactly what a
+    run per group would give, and a class's memory does not depend on how classes are grouped into tasks. Two
+    couplings remain: the real batch is capped by the smallest class of the whole set, and CC's feature net is
+    pretrained on the whole training set, as in the authors' code, so dm_cc_cm memories see later classes through it.
+    """
+    config = builder.distill_config(data.name, ipc, seed)
+    return distill(config, data, progress=progress).images
+
+
+_BUILD = {"random": _random, "herding": _herding, "dm": _distilled, "dm_cc_cm": _distilled}
+
+
+def build_memory(data: RealData, classes, builder: str | Builder, ipc: int, seed: int = 0,
+                 progress: bool = False) -> SyntheticSet:
+    """``ipc`` training images per class of ``classes`` (sorted), labelled with their class indices in ``data``.
+
+    Cached on disk (``DiskCache("continual")``) under the builder, its settings, the data set, classes, ipc and seed,
+    so a memory is built once and a hit returns the same tensors. DM memories of a class group are the rows of one
+    whole-data distillation, itself cached under all classes (see :func:`_distilled`).
+    """
+    builder = builder if isinstance(builder, Builder) else Builder(builder)
+    classes = sorted(int(c) for c in classes)
+    if not classes or len(set(classes)) != len(classes) or not 0 <= classes[0] <= classes[-1] < data.num_classes:
+        raise ValueError(f"classes must be distinct indices in 0..{data.num_classes - 1}, got {classes}")
+    smallest = min(classes, key=data.class_count)
+    if not 1 <= ipc <= data.class_count(smallest):
+        raise ValueError(f"ipc must be in 1..{data.class_count(smallest)} (training images of class {smallest}), "
+                         f"got {ipc}")
+    key = {"method": "continual_memory", "builder": builder.name, "settings": builder.settings(data.name, ipc, seed),
+           "dataset": data.name, "source": data.source, "n_train": len(data.x_train), "classes": classes,
+           "ipc": ipc, "seed": seed}
+    every = list(range(data.num_classes))
+
+    def compute() -> torch.Tensor:
+        if builder.name in DISTILLED and classes != every:
+            whole = build_memory(data, every, builder, ipc, seed, progress)
+            return whole.images.view(data.num_classes, ipc, *whole.images.shape[1:])[classes].flatten(0, 1)
+        return _BUILD[builder.name](data, classes, ipc, seed, builder, progress)
+
+    images = DiskCache("continual").get_or_compute(key, compute)
+    labels = torch.tensor(classes).repeat_interleave(ipc)
+    return SyntheticSet(images, labels, data.mean, data.std, list(data.classes), key)
+
+
+def memory_union(sets: list[SyntheticSet]) -> SyntheticSet:
+    """The concatenation of memories of disjoint class groups over the same label space and normalisation."""
+    if not sets:
+        raise ValueError("memory_union needs at least one memory")
+    first = sets[0]
+    for s in sets[1:]:
+        if (s.classes, s.mean, s.std, s.factor, s.images.shape[1:]) != (
+                first.classes, first.mean, first.std, first.factor, first.images.shape[1:]):
+            raise ValueError("memories differ in classes, normalisation, partition factor or image shape")
+    groups = [set(s.labels.tolist()) for s in sets]
+    if sum(map(len, groups)) != len(set().union(*groups)):
+        raise ValueError("memories overlap in classes; a union would break the per-class budget")
+    return SyntheticSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]), first.mean,
+                        first.std, list(first.classes), {"method": "memory_union", "parts": [s.config for s in sets]},
+                        factor=first.factor)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The learner
+
+@dataclass(frozen=True)
+class ContinualResult:
+    """Test accuracy (fraction) after each task, on the test images of the classes seen by then."""
+
+    accuracies: tuple[float, ...]
+    seen: tuple[tuple[int, ...], ...]
+    config: dict
+
+    @property
+    def final(self) -> float:
+        return self.accuracies[-1]
+
+    @property
+    def average(self) -> float:
+        """Mean over tasks of the accuracy after each task."""
+        return statistics.fmean(self.accuracies)
+
+
+def run_continual(data: RealData, scenario: Scenario, builder: str | Builder, ipc: int,
+                  train_spec: TrainSpec = TrainSpec(), seed: int = 0, model: str = "convnet", device: str = "auto",
+                  progress: bool = False) -> ContinualResult:
+    """GDumb-style class-incremental learning: after each task, add that task's memory and train a fresh ``model``
+    (all ``data.num_classes`` outputs) from scratch on the whole memory; test it on the seen classes' test images."""
+    if scenario.num_classes != data.num_classes:
+        raise ValueError(f"scenario has {scenario.num_classes} classes but {data.name!r} has {data.num_classes}")
+    builder = builder if isinstance(builder, Builder) else Builder(builder)
+    device = resolve_device(device)
+    x_test, y_test = data.test_tensors(device)
+    memories, accuracies, seen = [], [], []
+    for t, task in enumerate(scenario.tasks):
+        memories.append(build_memory(data, task, builder, ipc, seed, progress))
+        x, y = (v.to(device) for v in memory_union(memories).decoded())
+        net = get_model(model, data.channels, data.num_classes, data.image_size)
+        net.reset_parameters(seeding.generator(seed, seeding.CONTINUAL, t, 0))
+        net.to(device)
+        train_classifier(net, x, y, train_spec, seeding.generator(seed, seeding.CONTINUAL, t, 1),
+                         progress=progress and f"task {t + 1}/{scenario.num_tasks}")
+        seen.append(tuple(scenario.seen(t)))
+        mask = torch.isin(y_test, torch.tensor(seen[-1], device=device))
+        accuracies.append(accuracy(net, x_test[mask], y_test[mask]))
+    config = {"builder": builder.name, "settings": builder.settings(data.name, ipc, seed), "dataset": data.name,
+              "ipc": ipc, "seed": seed, "model": model, "train_spec": canonical(train_spec), "tasks": scenario.tasks}
+    return ContinualResult(tuple(accuracies), tuple(seen), config)
