@@ -10,20 +10,11 @@ with the chosen lambdas, mean ± std over seeds x evaluation models. Every cell 
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from dataclasses import replace
-from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from distill_lib import DistillConfig, EvalProtocol  # noqa: E402
-from distill_lib.sweep import Cell, pooled, run_cell  # noqa: E402
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from common import parser, setup
+from distill_lib import DistillConfig, EvalProtocol
+from distill_lib.sweep import Cell, pooled, run_cell
 
 
 def variants(base: DistillConfig, lambda_cc: float, lambda_cm: float) -> dict[str, DistillConfig]:
@@ -45,26 +36,15 @@ def select(base: DistillConfig, protocol: EvalProtocol, field: str, values: list
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["fashion_mnist", "cifar10"])
-    p.add_argument("--ipcs", nargs="+", type=int, default=[10])
-    p.add_argument("--iterations", type=int, default=100)
-    p.add_argument("--batch-real", type=int, default=128)
+    p = parser(__doc__, datasets=["fashion_mnist", "cifar10"], ipcs=[10], seeds=2)
     p.add_argument("--featnet-arch", default="resnet18")
     p.add_argument("--featnet-epochs", type=int, default=2)
     p.add_argument("--featnet-per-class", type=int, default=1000, help="training images per class for the feature net")
     p.add_argument("--lambda-cc", nargs="+", type=float, default=[0.01, 0.05, 0.2])
     p.add_argument("--lambda-cm", nargs="+", type=float, default=[0.003, 0.01, 0.03])
     p.add_argument("--validation", type=int, default=500, help="held-out training images per class for selection")
-    p.add_argument("--eval-epochs", type=int, default=200)
-    p.add_argument("--models", type=int, default=3)
-    p.add_argument("--seeds", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if "DISTILL_DATA" not in os.environ and SHARED_DATA.exists():
-        os.environ["DISTILL_DATA"] = str(SHARED_DATA)
+    setup(args)
 
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
     print(f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "

@@ -9,36 +9,15 @@ computes the new cells.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-from pathlib import Path
-
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from distill_lib import DistillConfig, EvalProtocol  # noqa: E402
-from distill_lib.sweep import Cell, pooled, run_cell  # noqa: E402
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from common import parser, setup
+from distill_lib import DistillConfig, EvalProtocol
+from distill_lib.sweep import Cell, pooled, run_cell
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["fashion_mnist", "cifar10", "mnist"])
-    p.add_argument("--ipcs", nargs="+", type=int, default=[1, 10, 50])
-    p.add_argument("--iterations", type=int, default=100, help="DM iterations per run")
-    p.add_argument("--batch-real", type=int, default=128)
-    p.add_argument("--eval-epochs", type=int, default=200)
-    p.add_argument("--models", type=int, default=3, help="evaluation networks per synthetic set")
-    p.add_argument("--seeds", type=int, default=1, help="distillation / subset seeds")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p = parser(__doc__, datasets=["fashion_mnist", "cifar10", "mnist"], ipcs=[1, 10, 50], seeds=1)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if "DISTILL_DATA" not in os.environ and SHARED_DATA.exists():
-        os.environ["DISTILL_DATA"] = str(SHARED_DATA)
+    setup(args)
 
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
     print(f"Budget: DM {args.iterations} iterations (batch_real {args.batch_real}, init real, full DSA); "

@@ -1,0 +1,35 @@
+"""What every benchmark script shares: the budget flags, the thread count and where the data is."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO))
+
+
+def parser(doc: str, datasets: list[str], ipcs: list[int], seeds: int) -> argparse.ArgumentParser:
+    """A parser with the flags all benchmarks take (data sets, IPCs, budgets, seeds, threads)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=datasets)
+    p.add_argument("--ipcs", nargs="+", type=int, default=ipcs)
+    p.add_argument("--iterations", type=int, default=100, help="distillation iterations per run")
+    p.add_argument("--batch-real", type=int, default=128, help="real images per class per iteration")
+    p.add_argument("--eval-epochs", type=int, default=200)
+    p.add_argument("--models", type=int, default=3, help="evaluation networks per synthetic set")
+    p.add_argument("--seeds", type=int, default=seeds, help="distillation / subset seeds")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    return p
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Apply --threads and point DISTILL_DATA at ../shared/data when it is unset and that folder exists."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if "DISTILL_DATA" not in os.environ and SHARED_DATA.exists():
+        os.environ["DISTILL_DATA"] = str(SHARED_DATA)
