@@ -6,6 +6,8 @@ tests check that both agree. :func:`combine` is the one place where the enabled 
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 CC_FORMS = ("paper", "simplified")
@@ -53,7 +55,13 @@ def _cc_from_sq_dist(sq_dist: torch.Tensor, alpha: float, beta: float, form: str
     if form == "simplified":
         return sq_dist.sum()
     if form == "paper":
-        return torch.relu(safe_exp(alpha * sq_dist) - beta).sum()
+        exponent = alpha * sq_dist
+        largest = float(exponent.detach().max()) if exponent.numel() else 0.0
+        if largest > EXP_CLAMP:
+            warnings.warn(f"CC (paper form): alpha * ||f - f_bar||^2 reaches {largest:.3g}, past exp's safe range "
+                          f"({EXP_CLAMP}); the loss continues linearly there but is huge. Scale alpha to the feature "
+                          f"distances, e.g. alpha ~ 1 / median squared distance", stacklevel=3)
+        return torch.relu(safe_exp(exponent) - beta).sum()
     raise ValueError(f"unknown CC form {form!r}; use one of {CC_FORMS}")
 
 

@@ -5,6 +5,7 @@ tolerance 1e-6). Then the gradient through the class mean, the overflow continua
 batched variants, ``combine`` and the IPC-1 facts.
 """
 import math
+import warnings
 
 import pytest
 import torch
@@ -295,6 +296,7 @@ def test_safe_exp_continues_by_the_tangent_line():
     assert bool((v[1:] > v[:-1]).all())  # monotone
 
 
+@pytest.mark.filterwarnings("ignore:CC \\(paper form\\)")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("distance", [1e2, 1e4])
 def test_cc_paper_is_finite_for_huge_distances(dtype, distance):
@@ -354,3 +356,13 @@ def test_cm_with_one_sample_is_constant_with_zero_gradient():
     fsb.requires_grad_(True)
     batched_cm_loss(frb, fsb).backward()
     assert torch.equal(fsb.grad, torch.zeros_like(fsb))
+
+
+def test_paper_cc_warns_when_alpha_is_out_of_scale():
+    """Feature distances in the hundreds with alpha=1 push exp far past its range: the user is told how to scale."""
+    feats = torch.tensor([[0.0, 0.0], [30.0, 0.0]])
+    with pytest.warns(UserWarning, match="alpha"):
+        cc_loss(feats, alpha=1.0, beta=1.0, form="paper")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cc_loss(feats, alpha=1e-3, beta=1.0, form="paper")
