@@ -163,8 +163,7 @@ class Distiller:
                                          seeding.generator(seed, seeding.AUGMENT, iteration, c))
             draws_real.append(draw.take(torch.zeros(self.n_real, dtype=torch.long)))
             draws_syn.append(draw.take(torch.zeros(cfg.ipc, dtype=torch.long)))
-        syn = self.images.view(nc, cfg.ipc, *self.images.shape[1:])[self.classes].flatten(0, 1)
-        syn = augment.apply(syn, augment.AugDraw.cat(draws_syn))
+        syn = augment.apply(self.images, augment.AugDraw.cat(draws_syn))  # class-major, like the draws
         with torch.no_grad():
             real = augment.apply(torch.cat(real), augment.AugDraw.cat(draws_real))
             fmap_real = self._features(real, self.config.real_chunk).unflatten(0, (nc, self.n_real))
