@@ -44,6 +44,7 @@ from common import parser, setup
 from distill_lib import augment, losses, seeding
 from distill_lib.data import DATASETS, RealData, from_arrays
 from distill_lib.distill import DistillConfig, Distiller
+from distill_lib.evaluate import EvalProtocol
 from distill_lib.featnet import FeatNetPool
 from distill_lib.models import get_model
 from distill_lib.train import TrainSpec, accuracy, train_classifier
@@ -303,13 +304,19 @@ def reference_test(model: nn.Module, x, y, batch_size: int = 256) -> float:
     return correct / len(x)
 
 
-def time_eval(data: RealData, ipc: int, width: int, reps: int, epoch_images: int = 1000) -> dict:
-    """Seconds per training epoch (blocks of ~epoch_images images) and per test pass, library vs reference."""
+def time_eval(data: RealData, ipc: int, width: int, reps: int, protocol: EvalProtocol,
+              epoch_images: int = 1000) -> dict:
+    """Seconds per training epoch (blocks of ~epoch_images images) and per test pass, library vs reference.
+
+    The library runs as ``evaluate`` would under ``protocol`` (compiled when its "auto" rule says so); the one-off
+    warm-up of the library (cold compile included) is reported separately.
+    """
     nc = data.num_classes
     x = torch.cat([data.sample_real(c, ipc, seeding.generator(0, seeding.RANDOM_SUBSET, c)) for c in range(nc)])
     y = torch.arange(nc).repeat_interleave(ipc)
     x_test, y_test = data.test_tensors()
-    spec = TrainSpec(epochs=1)
+    compile = protocol.use_compile(torch.device("cpu"), len(x))
+    spec = TrainSpec(epochs=1, compile=compile)
     epochs = max(1, round(epoch_images / len(x)))
 
     def model():
@@ -329,14 +336,14 @@ def time_eval(data: RealData, ipc: int, width: int, reps: int, epoch_images: int
         for _ in range(k):
             reference_epoch(ref_net, ref_opt, x, y, spec.batch_size, spec.dsa_strategy, g_ref)
 
-    lib_epochs(1)  # warm-up of both, and of both test passes on a slice
+    warm_up = timed(lambda: (lib_epochs(1), accuracy(lib_net, x_test[:512], y_test[:512], compile=compile)))
     ref_epochs(1)
-    accuracy(lib_net, x_test[:512], y_test[:512])
     reference_test(ref_net, x_test[:512], y_test[:512])
-    out = {"lib_epoch": [], "ref_epoch": [], "lib_test": [], "ref_test": [], "epochs_per_block": epochs}
+    out = {"lib_epoch": [], "ref_epoch": [], "lib_test": [], "ref_test": [], "epochs_per_block": epochs,
+           "compile": compile, "warm_up": warm_up}
     for rep in range(reps):
         pairs = [("lib_epoch", lambda: lib_epochs(epochs)), ("ref_epoch", lambda: ref_epochs(epochs))]
-        pairs += [("lib_test", lambda: accuracy(lib_net, x_test, y_test)),
+        pairs += [("lib_test", lambda: accuracy(lib_net, x_test, y_test, compile=compile)),
                   ("ref_test", lambda: reference_test(ref_net, x_test, y_test))]
         if rep % 2:
             pairs = [pairs[1], pairs[0], pairs[3], pairs[2]]
@@ -407,20 +414,24 @@ def main(argv: list[str] | None = None) -> None:
         if "eval" in args.parts:
             print(f"## Evaluation, seconds per model: {name} shapes, ConvNet width {args.net_width}, batch 256, DSA; "
                   f"test pass over {args.test_images} images; per model = {args.eval_epochs} epochs + one test pass\n")
-            print("| IPC | library s/epoch | reference s/epoch | ref / lib | library s/test | reference s/test "
-                  "| ref / lib | library s/model | reference s/model | ref / lib | floor s/model | library / floor |")
-            print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+            print("| IPC | compiled | library s/epoch | reference s/epoch | ref / lib | library s/test | "
+                  "reference s/test | ref / lib | library s/model | reference s/model | ref / lib | floor s/model | "
+                  "library / floor | library warm-up s |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+            protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models, device="cpu")  # its "auto" rule
             for ipc in args.ipcs:
-                t = time_eval(data, ipc, args.net_width, args.reps)
+                t = time_eval(data, ipc, args.net_width, args.reps, protocol)
                 med = {k: statistics.median(v) for k, v in t.items() if isinstance(v, list)}
                 lib_model = args.eval_epochs * med["lib_epoch"] + med["lib_test"]
                 ref_model = args.eval_epochs * med["ref_epoch"] + med["ref_test"]
                 epoch_flops, test_flops = eval_flops(data, ipc, args.net_width, args.test_images)
                 floor = (args.eval_epochs * epoch_flops + test_flops) / peak
-                print(f"| {ipc} | {summary(t['lib_epoch'])} | {summary(t['ref_epoch'])} | "
+                print(f"| {ipc} | {'yes' if t['compile'] else 'no'} | {summary(t['lib_epoch'])} | "
+                      f"{summary(t['ref_epoch'])} | "
                       f"{med['ref_epoch'] / med['lib_epoch']:.2f} | {summary(t['lib_test'])} | "
                       f"{summary(t['ref_test'])} | {med['ref_test'] / med['lib_test']:.2f} | {lib_model:.1f} | "
-                      f"{ref_model:.1f} | {ref_model / lib_model:.2f} | {floor:.1f} | {lib_model / floor:.2f} |",
+                      f"{ref_model:.1f} | {ref_model / lib_model:.2f} | {floor:.1f} | {lib_model / floor:.2f} | "
+                      f"{t['warm_up']:.1f} |",
                       flush=True)
             print("\n(epochs timed in blocks of about 1000 training images; per-model floor: forward + input and "
                   "weight gradients ~3x the forward's conv/linear FLOP per epoch, plus the test forward)\n")

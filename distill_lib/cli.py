@@ -38,6 +38,7 @@ HELP = {
     "epochs": "training epochs of each evaluation network (the papers: 1000)",
     "num_models": "how many fresh networks to train and test (mean ± std over them)",
     "dsa": "differentiable Siamese augmentation while training the evaluation networks",
+    "compile": "torch.compile the evaluation networks: 'on', 'off', or 'auto' (on for long CPU runs)",
 }
 
 

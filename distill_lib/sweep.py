@@ -39,7 +39,9 @@ class Cell:
         config = asdict(self.config)
         if self.method == "random":  # only these fields define a random subset
             config = {k: config[k] for k in ("dataset", "ipc", "seed")}
-        return {"method": self.method, "config": config, "eval": asdict(self.protocol), "validation": self.validation}
+        protocol = asdict(self.protocol)
+        del protocol["compile"]  # changes float rounding only, not the measurement (and keeps older cells valid)
+        return {"method": self.method, "config": config, "eval": protocol, "validation": self.validation}
 
 
 def cell_data(cell: Cell, root=None) -> RealData:

@@ -5,6 +5,8 @@ network on (images, labels) tensors with SGD, optional DSA and a step decay; the
 """
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +29,7 @@ class TrainSpec:
     lr_decay_at: float = 0.5
     lr_decay: float = 0.1
     dsa_strategy: str = augment.DEFAULT_STRATEGY
+    compile: bool = False  # run forward/backward through torch.compile (same computation, fused kernels)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -47,7 +50,8 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tenso
     total = 0.0
     for start in range(0, len(x), batch_size):
         idx = order[start:start + batch_size]
-        inputs = augment.augment(x[idx], dsa_strategy, generator)
+        # contiguous: DSA families return different strides, each of which would be a new graph for torch.compile
+        inputs = augment.augment(x[idx], dsa_strategy, generator).contiguous()
         loss = F.cross_entropy(model(inputs), y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -61,7 +65,8 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: T
     """Train ``model`` in place on (x, y) (already on the model's device); returns the loss of every epoch."""
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need as many labels as images (and at least one), got {len(x)} and {len(y)}")
-    optimizer = spec.optimizer(model)
+    optimizer = spec.optimizer(model)  # the compiled wrapper shares these parameters
+    net = compiled(model) if spec.compile else model
     decay_epoch = int(spec.epochs * spec.lr_decay_at)
     losses = []
     epochs = range(spec.epochs)
@@ -71,7 +76,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: T
         if epoch == decay_epoch and epoch > 0:
             for group in optimizer.param_groups:
                 group["lr"] *= spec.lr_decay
-        losses.append(run_epoch(model, optimizer, x, y, spec.batch_size, generator, spec.dsa_strategy))
+        losses.append(run_epoch(net, optimizer, x, y, spec.batch_size, generator, spec.dsa_strategy))
     return losses
 
 
@@ -86,24 +91,53 @@ def resolve_device(device: str) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None, compile: bool = False) -> torch.Tensor:
     """Predicted labels in eval mode, in batches.
 
     On CPU the default is channels_last batches of 32 images, which keep activations in cache (measured 2x faster
-    than one NCHW batch of 1000 for the ConvNet); elsewhere batches of 1000.
+    than one NCHW batch of 1000 for the ConvNet); elsewhere batches of 1000. ``compile``: through torch.compile, with
+    the last batch zero-padded to full size so that one compiled graph serves every batch (in eval mode every model
+    of the zoo treats samples independently, so padding cannot change the real samples' outputs).
     """
     model.eval()
     on_cpu = x.device.type == "cpu"
     batch_size = batch_size or (32 if on_cpu else 1000)
     memory_format = torch.channels_last if on_cpu and x.ndim == 4 else torch.contiguous_format
+    net = compiled(model) if compile else model
     model.to(memory_format=memory_format)
     try:
-        return torch.cat([model(part.contiguous(memory_format=memory_format)).argmax(1)
-                          for part in x.split(batch_size)])
+        labels = []
+        for part in x.split(batch_size):
+            n = len(part)
+            if compile and n < batch_size:
+                part = torch.cat([part, part.new_zeros(batch_size - n, *part.shape[1:])])
+            labels.append(net(part.contiguous(memory_format=memory_format))[:n].argmax(1))
+        return torch.cat(labels)
     finally:
         model.to(memory_format=torch.contiguous_format)
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None,
+             compile: bool = False) -> float:
     """Fraction of (x, y) classified correctly."""
-    return (predict(model, x, batch_size) == y).float().mean().item()
+    return (predict(model, x, batch_size, compile) == y).float().mean().item()
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """``model`` through torch.compile (static shapes), or ``model`` itself with a warning where compiling fails.
+
+    Compiled graphs are shared by every model of the same architecture (parameters are graph inputs), so the cold
+    compile (10-20 s per graph on this CPU) is paid once per process and shape; inductor also caches on disk.
+    """
+    return torch.compile(model, dynamic=False) if compile_available() else model
+
+
+@functools.cache
+def compile_available() -> bool:
+    """Whether torch.compile works here (it needs a C++ compiler on CPU); checked once per process."""
+    try:
+        torch.compile(lambda t: torch.relu(t) * 2, dynamic=False)(torch.ones(2))
+        return True
+    except Exception as err:  # a missing compiler surfaces as various backend errors
+        warnings.warn(f"torch.compile is not available ({type(err).__name__}: {err}); running eagerly")
+        return False

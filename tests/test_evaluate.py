@@ -231,3 +231,52 @@ def test_accuracy_is_exact_on_a_hand_made_model():
     assert torch.equal(predict(model, logits, batch_size=4), torch.tensor([0, 1, 2, 0, 1]))
     assert accuracy(model, logits, torch.tensor([0, 1, 2, 0, 1])) == 1.0
     assert accuracy(model, logits, torch.tensor([1, 2, 0, 1, 2])) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ compiled fast path
+
+def _small_convnet():
+    from distill_lib.models import get_model
+    from distill_lib.seeding import generator
+    net = get_model("convnet", 1, 10, (16, 16), width=8, depth=2)
+    net.reset_parameters(generator(0, 99))
+    return net
+
+
+def test_compiled_training_and_prediction_equal_the_eager_loop(digits):
+    """The fast path (torch.compile, padded last test batch) computes what the plain eager loop computes."""
+    from distill_lib.train import compile_available
+    if not compile_available():
+        pytest.skip("torch.compile needs a C++ compiler here")
+    x, y = digits.x_train[:40].float() / 16, digits.y_train[:40]  # batches of 16, 16 and 8: two shapes
+    runs = []
+    for compile in (False, True):
+        net = _small_convnet()
+        losses = train_classifier(net, x, y, TrainSpec(epochs=2, lr=0.05, batch_size=16, compile=compile),
+                                  torch.Generator().manual_seed(3))
+        runs.append((net, losses))
+    (eager, eager_losses), (fast, fast_losses) = runs
+    assert fast_losses == pytest.approx(eager_losses, rel=1e-4)
+    for p, q in zip(eager.parameters(), fast.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+    x_test = digits.x_test[:45].float() / 16  # 45 = 2 x 16 + 13: the last batch is padded
+    assert torch.equal(predict(eager, x_test, batch_size=16, compile=True), predict(eager, x_test, batch_size=16))
+
+
+def test_compile_auto_compiles_only_long_cpu_runs_and_is_validated():
+    protocol = EvalProtocol(epochs=300, num_models=3)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert protocol.use_compile(cpu, 100) and not protocol.use_compile(cpu, 10)  # 90,000 vs 9,000 image-passes
+    assert not protocol.use_compile(cuda, 100)
+    assert EvalProtocol(compile="on").use_compile(cpu, 1) and not EvalProtocol(compile="off").use_compile(cpu, 10**6)
+    with pytest.raises(ValueError, match="compile must be one of"):
+        EvalProtocol(compile="yes")
+
+
+def test_compile_setting_does_not_change_a_sweep_cell_key():
+    """Compiling changes float rounding, not the measurement: cached cells stay valid whichever way they ran."""
+    from distill_lib.distill import DistillConfig
+    from distill_lib.sweep import Cell
+    keys = {str(Cell(DistillConfig(), EvalProtocol(compile=mode)).key()) for mode in ("auto", "on", "off")}
+    assert len(keys) == 1
+    assert Cell(DistillConfig(), EvalProtocol(epochs=7)).key() != Cell(DistillConfig(), EvalProtocol()).key()
