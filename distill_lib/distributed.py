@@ -10,7 +10,12 @@ What is split, and why it gives the single-process result:
   that matches only its classes and updates only their synthetic images needs no gradient exchange. Every rank draws
   the same network, augmentation family and feature-net pick, and the per-class streams are keyed by (seed,
   iteration, class), never by which process visits a class. Per iteration only the loss terms are all-reduced (for
-  the history); the images and their momentum are gathered when a checkpoint or the result is made.
+  the history); the images and their momentum are gathered when a checkpoint or the result is made. A new loss term
+  (e.g. IDM's) shards the same way if it loops over ``Distiller.classes`` and is a *sum* over classes (not a mean
+  over all synthetic images), with labels of those classes only. IDM's model queue is trained identically on every
+  rank (same seeded streams, on the real data of all classes), so it needs no exchange either; that work is repeated
+  on every rank. (On GPUs "identically" needs deterministic kernels; otherwise rounding lets the ranks' queues drift
+  apart, and broadcasting rank 0's queue with :func:`broadcast_module` after each update would be the fix.)
 * evaluation: model k of an EvalProtocol trains on rank ``k % world``; accuracies are gathered in model order.
 * sweeps: uncached cells are dealt round-robin; each rank computes its cells alone (``local()``) into the shared
   DiskCache, and the results are gathered in cell order.
