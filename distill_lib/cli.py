@@ -1,7 +1,9 @@
 """Command line: ``python -m distill_lib {distill,evaluate,run} --help``.
 
 Options are generated from the fields of :class:`DistillConfig` and :class:`EvalProtocol` (evaluation options carry an
-``--eval-`` prefix), so the CLI can never drift from the library.
+``--eval-`` prefix), so the CLI can never drift from the library. Every command also runs under
+``torchrun --nproc-per-node N -m distill_lib ...``: the work is split over the processes and only rank 0 writes
+files and prints results.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import distributed
 from .data import DATASETS, load_dataset
 from .distill import DistillConfig, distill
 from .evaluate import EvalProtocol, evaluate, random_subset
@@ -120,22 +123,28 @@ def _dispatch(args: argparse.Namespace) -> int:
         data = load_dataset(dataset, args.data_root, args.download)
         syn = syn or random_subset(data, args.random_subset, args.subset_seed)
         result = evaluate(syn, data, protocol, progress)
-        print(json.dumps({"dataset": dataset, "accuracy_mean": result.mean, "accuracy_std": result.std,
-                          "accuracies": result.accuracies, "protocol": result.protocol}))
+        if distributed.is_main():
+            print(json.dumps({"dataset": dataset, "accuracy_mean": result.mean, "accuracy_std": result.std,
+                              "accuracies": result.accuracies, "protocol": result.protocol}))
         return 0
 
     config = _build(DistillConfig, args)
     data = load_dataset(config.dataset, args.data_root, args.download)
     if args.command == "distill":
         syn = distill(config, data, args.checkpoint, args.resume, progress)
-        print(f"saved {syn.save(args.out or _default_out(config))}")
+        if distributed.is_main():
+            print(f"saved {syn.save(args.out or _default_out(config))}")
         return 0
 
     protocol = _build(EvalProtocol, args, "eval_")
     syn = distill(config, data, progress=progress)
-    path = syn.save(args.out or _default_out(config))
+    path = args.out or _default_out(config)
+    if distributed.is_main():
+        syn.save(path)
     rows = [("random real subset", evaluate(random_subset(data, config.ipc, config.seed), data, protocol, progress)),
             (_method_name(config), evaluate(syn, data, protocol, progress))]
+    if not distributed.is_main():
+        return 0
     print(f"\n{config.dataset}, IPC {config.ipc}, {config.iterations} iterations (synthetic set saved to {path})")
     print(f"evaluation: {protocol.describe()}")
     width = max(len(name) for name, _ in rows)

@@ -3,7 +3,8 @@
 Each iteration draws a fresh random ConvNet, a real batch and one augmentation per class, embeds real and synthetic
 images of *all* classes in one forward each (instance norm keeps samples independent), and takes one SGD step on the
 synthetic pixels. Every random draw is derived from (seed, iteration, class), so a run is reproducible, can resume
-from any checkpoint to the same result, and could be split across processes by class.
+from any checkpoint to the same result, and is split across processes by class under torchrun (each rank matches
+and updates only ``Distiller.classes``; see distill_lib.distributed).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import augment, losses, seeding
+from . import augment, distributed, losses, seeding
 from .cache import atomic_save, canonical
 from .data import DATASETS, RealData
 from .featnet import FeatNetPool, FeatNetSpec
@@ -109,6 +110,9 @@ class Distiller:
     """The state of one run: synthetic pixels, their optimiser, the reusable random net, the feature-net pool."""
 
     def __init__(self, config: DistillConfig, data: RealData, progress: bool = True):
+        self.device = distributed.rank_device(resolve_device(config.device))
+        distributed.setup(self.device)  # first: every process checks the same things from here on
+        distributed.check_same({"config": canonical(config), "data": _fingerprint(data)})
         if data.name != config.dataset:
             raise ValueError(f"config is for dataset {config.dataset!r} but data is {data.name!r}")
         smallest = min(data.class_count(c) for c in range(data.num_classes))
@@ -119,32 +123,48 @@ class Distiller:
                           " the simplified CC is exactly 0); use IDM, whose partitioning gives several samples per"
                           " stored image", stacklevel=3)
         self.config, self.data = config, data
-        self.device = resolve_device(config.device)
         self.n_real = min(config.batch_real, smallest)
         if self.n_real < config.batch_real:
             warnings.warn(f"batch_real={config.batch_real} exceeds the smallest class; using {self.n_real}",
                           stacklevel=3)
-        self.classes = list(range(data.num_classes))
+        self.classes = distributed.shard_classes(data.num_classes)  # this process's classes (all of them alone)
         self.net = get_model(config.model, data.channels, data.num_classes, data.image_size,
                              **_net_kwargs(config)).to(self.device)
         self.net.requires_grad_(False)  # only the pixels learn; no weight gradients are computed
         self.net.to(memory_format=torch.channels_last)  # measured faster for these convs and norms on CPU
         # Batch norm mixes the samples of a batch, so its classes must go through the net one at a time.
         self.per_class_forward = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.net.modules())
-        self.featnets = (FeatNetPool(data, config.featnet_spec(), config.featnet_pool, self.device, progress)
-                         if config.cc else None)
+        self.featnets = self._featnet_pool(progress) if config.cc else None
         self.images = self._initial_images().to(self.device).requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=config.lr_img, momentum=config.momentum)
         self.iteration = 0
         self.history: list[dict] = []
 
+    def _featnet_pool(self, progress: bool) -> FeatNetPool:
+        """The CC feature nets: pretrained (or read from the cache) by rank 0 first, then exactly its weights on all."""
+        cfg = self.config
+        pool = distributed.main_first(lambda: FeatNetPool(self.data, cfg.featnet_spec(), cfg.featnet_pool,
+                                                          self.device, progress and distributed.is_main()))
+        for net in pool.nets:
+            distributed.broadcast_module(net)
+        return pool
+
     def _initial_images(self) -> torch.Tensor:
         cfg, data = self.config, self.data
         if cfg.init == "noise":
-            return torch.randn(data.num_classes * cfg.ipc, data.channels, *data.image_size,
-                               generator=seeding.generator(cfg.seed, seeding.SYN_INIT))
+            return self._mine(torch.randn(data.num_classes * cfg.ipc, data.channels, *data.image_size,
+                                          generator=seeding.generator(cfg.seed, seeding.SYN_INIT)))
         return torch.cat([data.sample_real(c, cfg.ipc, seeding.generator(cfg.seed, seeding.SYN_INIT, c))
                           for c in self.classes])
+
+    def _mine(self, full: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a class-major tensor over all classes (e.g. from a checkpoint)."""
+        per_class = len(full) // self.data.num_classes
+        return torch.cat([full[c * per_class:(c + 1) * per_class] for c in self.classes])
+
+    def _gathered(self, local: torch.Tensor) -> torch.Tensor:
+        """The class-major tensor over all classes from every process's rows (``local`` itself for one process)."""
+        return distributed.gather_classes(local, self.data.num_classes)
 
     def labels(self) -> torch.Tensor:
         return torch.arange(self.data.num_classes).repeat_interleave(self.config.ipc)
@@ -196,20 +216,28 @@ class Distiller:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
-        record = {"iteration": self.iteration, "loss": total.item(),
-                  **{name: value.item() for name, value in terms.items()},
+        # Each process holds a partial sum over its classes; the history keeps the sums over all classes.
+        values = distributed.all_reduce_sum([total.item()] + [value.item() for value in terms.values()], self.device)
+        record = {"iteration": self.iteration, "loss": values[0], **dict(zip(terms, values[1:])),
                   "seconds": time.perf_counter() - start}
         self.history.append(record)
         self.iteration += 1
         return record
 
     def result(self) -> SyntheticSet:
-        return SyntheticSet(self.images.detach(), self.labels(), self.data.mean, self.data.std,
+        """The whole synthetic set (gathered from every process; the same on all)."""
+        return SyntheticSet(self._gathered(self.images.detach()), self.labels(), self.data.mean, self.data.std,
                             list(self.data.classes), canonical(self.config), list(self.history))
 
     def state_dict(self) -> dict:
-        return {"config": canonical(self.config), "iteration": self.iteration, "images": self.images.detach().cpu(),
-                "optimizer": self.optimizer.state_dict(), "history": canonical(self.history)}
+        """The whole run's state (images and momentum gathered over processes): resumable at any process count."""
+        optimizer = self.optimizer.state_dict()
+        optimizer["state"] = {index: {k: self._gathered(v).cpu() if _is_per_pixel(v, self.images) else v
+                                      for k, v in state.items()}
+                              for index, state in optimizer["state"].items()}  # copies: never touch the live state
+        return {"config": canonical(self.config), "iteration": self.iteration,
+                "images": self._gathered(self.images.detach()).cpu(), "optimizer": optimizer,
+                "history": canonical(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
         saved = dict(state["config"])
@@ -219,13 +247,30 @@ class Distiller:
             raise ValueError("checkpoint was written by a different config; differing fields: " +
                              ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {mine[k]!r})" for k in differing))
         with torch.no_grad():
-            self.images.copy_(state["images"])
-        self.optimizer.load_state_dict(state["optimizer"])
+            self.images.copy_(self._mine(state["images"]))
+        optimizer = dict(state["optimizer"])
+        optimizer["state"] = {index: {k: self._mine(v) if _is_per_pixel(v, state["images"]) else v
+                                      for k, v in s.items()} for index, s in optimizer["state"].items()}
+        self.optimizer.load_state_dict(optimizer)
         self.iteration = int(state["iteration"])
         self.history = list(state["history"])
 
     def save_checkpoint(self, path: Path) -> None:
-        atomic_save(self.state_dict(), path)
+        """Gather the state on every process, write it from rank 0 (atomically: the last good state survives)."""
+        state = self.state_dict()
+        if distributed.is_main():
+            atomic_save(state, path)
+
+
+def _is_per_pixel(value, images: torch.Tensor) -> bool:
+    """An optimiser state tensor shaped like the images (SGD's momentum): split and gathered with them."""
+    return isinstance(value, torch.Tensor) and value.shape == images.shape
+
+
+def _fingerprint(data: RealData) -> dict:
+    """What must agree about the data across processes (cheap to compare)."""
+    return {"name": data.name, "source": data.source, "train": len(data.x_train), "test": len(data.x_test),
+            "classes": list(data.classes)}
 
 
 def _net_kwargs(config: DistillConfig) -> dict:
@@ -245,6 +290,10 @@ def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None
     ``checkpoint``: a file written atomically every ``config.checkpoint_every`` iterations, at the end, and when the
     run is interrupted (Ctrl-C). ``resume=True`` continues from it when it exists, to exactly the result an
     uninterrupted run would give.
+
+    Under torchrun every process calls this with the same arguments: each holds its share of the classes, rank 0
+    reads and writes the checkpoint and shows progress, and all return the whole set. A checkpoint resumes at any
+    number of processes. On Ctrl-C with several processes the last periodic checkpoint is the state kept.
     """
     if config.checkpoint_every and checkpoint is None:
         raise ValueError("checkpoint_every > 0 needs a checkpoint path")
@@ -252,12 +301,15 @@ def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None
         raise ValueError("resume=True needs a checkpoint path")
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     run = Distiller(config, data, progress)
-    if resume and checkpoint.exists():
-        run.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    if resume:
+        state = distributed.from_main(
+            lambda: torch.load(checkpoint, map_location="cpu", weights_only=True) if checkpoint.exists() else None)
+        if state is not None:
+            run.load_state_dict(state)
     if run.iteration > config.iterations:
         raise ValueError(f"checkpoint is at iteration {run.iteration}, beyond iterations={config.iterations}")
     bar = tqdm(total=config.iterations, initial=run.iteration, desc=f"distill {config.dataset} ipc{config.ipc}",
-               disable=not progress)
+               disable=not (progress and distributed.is_main()))
     try:
         while run.iteration < config.iterations:
             record = run.step()
@@ -266,8 +318,15 @@ def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None
                 bar.set_postfix(loss=f"{record['loss']:.4g}")
             if checkpoint is not None and config.checkpoint_every and run.iteration % config.checkpoint_every == 0:
                 run.save_checkpoint(checkpoint)
+    except distributed.PeerFailure as err:
+        if checkpoint is None:
+            raise
+        raise distributed.PeerFailure(f"{err}. {checkpoint} keeps the last saved state: run the same command with "
+                                      f"resume (--resume), at any number of processes") from err
     except KeyboardInterrupt:
-        if checkpoint is not None:
+        if distributed.active():  # the others may be an iteration apart or gone: no collective save is safe
+            warnings.warn(f"interrupted at iteration {run.iteration}; the last periodic checkpoint is kept")
+        elif checkpoint is not None:
             run.save_checkpoint(checkpoint)
             warnings.warn(f"interrupted at iteration {run.iteration}; state saved to {checkpoint}")
         raise

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import augment, seeding
+from . import augment, distributed, seeding
 from .data import RealData
 from .models import get_model
 from .synthetic import SyntheticSet
@@ -91,24 +91,31 @@ class EvalResult:
 
 def evaluate(syn: SyntheticSet, data: RealData, protocol: EvalProtocol = EvalProtocol(),
              progress: bool = False) -> EvalResult:
-    """Train ``protocol.num_models`` fresh networks on ``syn`` (decoded view) and test each on ``data``'s test set."""
+    """Train ``protocol.num_models`` fresh networks on ``syn`` (decoded view) and test each on ``data``'s test set.
+
+    Under torchrun model k trains on rank k % world (each from its own seeded streams), and every rank returns all
+    accuracies in model order: the numbers of one process.
+    """
     if syn.num_classes != data.num_classes or syn.images.shape[1:] != data.x_train.shape[1:]:
         raise ValueError(f"synthetic set ({syn.num_classes} classes, images {tuple(syn.images.shape[1:])}) does not "
                          f"fit data set {data.name!r} ({data.num_classes} classes, {tuple(data.x_train.shape[1:])})")
-    device = resolve_device(protocol.device)
+    device = distributed.rank_device(resolve_device(protocol.device))
+    distributed.setup(device)
     x, y = (t.to(device) for t in syn.decoded())
     x_test, y_test = data.test_tensors(device)
     compile = protocol.use_compile(device, len(x))
     spec = protocol.train_spec(compile)
-    accuracies = []
-    for k in range(protocol.num_models):
+    progress = progress and distributed.is_main()  # asked here: inside spread() every rank is its own main
+
+    def train_and_test(k: int) -> float:
         model = get_model(protocol.model, data.channels, data.num_classes, data.image_size)
         model.reset_parameters(seeding.generator(protocol.seed, seeding.EVAL_MODEL, k, 0))
         model.to(device)
         train_classifier(model, x, y, spec, seeding.generator(protocol.seed, seeding.EVAL_MODEL, k, 1),
                          progress=progress and f"eval model {k + 1}/{protocol.num_models}")
-        accuracies.append(accuracy(model, x_test, y_test, compile=compile))
-    return EvalResult(tuple(accuracies), asdict(protocol))
+        return accuracy(model, x_test, y_test, compile=compile)
+
+    return EvalResult(tuple(distributed.spread(protocol.num_models, train_and_test)), asdict(protocol))
 
 
 def random_subset(data: RealData, ipc: int, seed: int = 0) -> SyntheticSet:

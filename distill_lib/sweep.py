@@ -4,6 +4,9 @@ A cell is (distillation config or random-subset baseline, evaluation protocol, w
 are cached under a hash of all of that, so re-running a notebook or a benchmark, or widening a grid, only computes
 the cells that are new. Hyper-parameters are chosen with ``validation=k``: the cell then trains on the training set
 minus k images per class and tests on those k, never on the real test set.
+
+Under torchrun the cells not yet in the cache are dealt over the ranks; each rank computes its cells alone into the
+shared cache (its folder must be shared by all nodes for "never rerun" to hold across nodes and jobs).
 """
 from __future__ import annotations
 
@@ -12,10 +15,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
+from . import distributed
 from .cache import DiskCache
 from .data import RealData, load_dataset
 from .distill import DistillConfig, distill
 from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
+from .train import resolve_device
 
 METHODS = ("distill", "random")
 
@@ -85,13 +90,23 @@ def grid(base: DistillConfig, **axes) -> list[DistillConfig]:
 
 def sweep(configs: list[DistillConfig], protocol: EvalProtocol, validation: int = 0, root=None,
           verbose: bool = True) -> list[dict]:
-    """Run (or fetch) a cell per config; a tidy record per cell with its settings and mean/std accuracy."""
-    records = []
-    for config in configs:
-        result = run_cell(Cell(config, protocol, validation=validation), root, verbose=verbose)
-        records.append({**asdict(config), "validation": validation, "accuracies": result.accuracies,
-                        "mean": result.mean, "std": result.std})
-    return records
+    """Run (or fetch) a cell per config; a tidy record per cell with its settings and mean/std accuracy.
+
+    Under torchrun rank 0 reads the cached cells, the others are computed one per rank (round-robin, each by one
+    process), and every rank returns all records in config order.
+    """
+    cells = [Cell(config, protocol, validation=validation) for config in configs]
+    distributed.setup(resolve_device(protocol.device))
+    cache = DiskCache("sweep")
+
+    def cached() -> dict[int, EvalResult]:
+        values = {i: cache.get(cell.key()) for i, cell in enumerate(cells)}
+        return {i: EvalResult(tuple(v["accuracies"]), asdict(protocol)) for i, v in values.items() if v is not None}
+
+    results = distributed.spread(len(cells), lambda i: run_cell(cells[i], root, cache, verbose),
+                                 skip=distributed.from_main(cached))
+    return [{**asdict(config), "validation": validation, "accuracies": result.accuracies, "mean": result.mean,
+             "std": result.std} for config, result in zip(configs, results)]
 
 
 def pooled(results: list[EvalResult]) -> EvalResult:
