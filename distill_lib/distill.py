@@ -89,7 +89,8 @@ class DistillConfig:
     featnet_epochs: int = 2
     featnet_per_class: int = 0  # 0: pretrain on the whole training set
     featnet_pool: int = 1
-    # Covariance matching (inter-feature relation), on the random ConvNet's last feature map.
+    # Covariance matching (inter-feature relation), on the embedding net's last feature map (DM: the random ConvNet;
+    # IDM: the net drawn from the queue).
     cm: bool = False
     lambda_cm: float | None = None
 

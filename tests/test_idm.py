@@ -61,8 +61,9 @@ def test_grid_of_known_images_decodes_to_upsampled_tiles(factor):
     torch.testing.assert_close(decoded, want.view(-1, 1, 1, 1).expand_as(decoded))
 
     stored = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
-    loop = [F.interpolate(img[None, :, r * (h // factor):(r + 1) * (h // factor), c * (w // factor):(c + 1) * (w // factor)],
-                          size=(h, w), mode="bilinear", align_corners=False)[0]
+    th, tw = h // factor, w // factor
+    loop = [F.interpolate(img[None, :, r * th:(r + 1) * th, c * tw:(c + 1) * tw], size=(h, w), mode="bilinear",
+                          align_corners=False)[0]
             for img in stored for r in range(factor) for c in range(factor)]
     torch.testing.assert_close(decode_partitions(stored, factor), torch.stack(loop), rtol=1e-6, atol=1e-6)
 
