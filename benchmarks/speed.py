@@ -267,7 +267,7 @@ def time_distill(config: DistillConfig, data: RealData, reps: int) -> tuple[list
     """Seconds per iteration of the library and the reference, interleaved (order alternating), after a warm-up."""
     run = timing_distiller(config, data)
     images = run.images.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.SGD([images], lr=config.lr_img, momentum=config.momentum)
+    optimizer = torch.optim.SGD([images], lr=config.resolved().lr_img, momentum=config.momentum)
     lib, ref = [], []
     for rep in range(reps + 1):  # rep 0: warm-up of both
         it = run.iteration

@@ -1,5 +1,6 @@
-"""distill_lib: dataset distillation by distribution matching (DM), with class centralization (CC) and covariance
-matching (CM) from "Exploiting Inter-sample and Inter-feature Relations in Dataset Distillation" (CVPR 2024).
+"""distill_lib: dataset distillation by distribution matching (DM, and IDM with method="idm"), with class
+centralization (CC) and covariance matching (CM) from "Exploiting Inter-sample and Inter-feature Relations in
+Dataset Distillation" (CVPR 2024).
 
 The main entry points, each in a module with one job:
 ``load_dataset`` (data), ``get_model`` (models), ``DistillConfig``/``distill`` (distill),

@@ -11,19 +11,32 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
 
 from . import distributed
 from .data import DATASETS, load_dataset
-from .distill import DistillConfig, distill
+from .distill import METHOD_DEFAULTS, DistillConfig, distill
 from .evaluate import EvalProtocol, evaluate, random_subset
 from .synthetic import SyntheticSet
 
 HELP = {
     "dataset": f"data set name: {', '.join(DATASETS)} (digits ships with scikit-learn, no download)",
-    "ipc": "synthetic images per class (the storage budget)",
+    "method": "'dm' (a fresh random ConvNet per iteration) or 'idm' (partitioned images, a queue of ConvNets "
+              "trained on real data, class-aware cross-entropy)",
+    "ipc": "stored synthetic images per class (the storage budget, whatever the factor)",
     "iterations": "distillation iterations (the paper: 20000; a CPU budget: a few hundred)",
     "lr_img": "SGD learning rate on the synthetic pixels",
+    "factor": "partitions per side: each stored image holds factor x factor tiles, each upsampled to a training "
+              "image",
+    "queue_length": "IDM: most nets in the model queue (the oldest is popped)",
+    "queue_push_interval": "IDM: push a new random net every N iterations",
+    "queue_train_nets": "IDM: nets of the queue trained after each image update",
+    "queue_train_steps": "IDM: SGD steps per trained net per iteration",
+    "queue_batch": "IDM: real images (all classes) per SGD step of a queue net",
+    "queue_lr": "IDM: learning rate of the queue nets (momentum 0.9, weight decay 5e-4)",
+    "ce_weight": "IDM: weight of the cross-entropy on the synthetic images, times the net's training accuracy "
+                 "(a fraction; the authors' 0.5 x percent = 50)",
     "momentum": "SGD momentum on the synthetic pixels",
     "batch_real": "real images per class per iteration",
     "init": "initial synthetic images: random real images ('real') or Gaussian noise ('noise')",
@@ -34,10 +47,10 @@ HELP = {
     "checkpoint_every": "write the checkpoint every N iterations (0: only at the end and on Ctrl-C)",
     "real_chunk": "push the real batch through the net in chunks of N images (0: all at once)",
     "cc": "add class centralization (needs a pretrained feature net, cached after the first run)",
-    "lambda_cc": "weight of the CC term (authors' code: 0.05 with DM)",
+    "lambda_cc": "weight of the CC term (authors' code: 0.05 with DM, 0.01 with IDM)",
     "cc_form": "'simplified' (sum of squared distances, the authors' code) or 'paper' (exp hinge with alpha, beta)",
     "cm": "add covariance matching of local feature covariances",
-    "lambda_cm": "weight of the CM term (authors' code: 0.01 with DM)",
+    "lambda_cm": "weight of the CM term (authors' code: 0.01 with DM, 0.03 with IDM)",
     "epochs": "training epochs of each evaluation network (the papers: 1000)",
     "num_models": "how many fresh networks to train and test (mean ± std over them)",
     "dsa": "differentiable Siamese augmentation while training the evaluation networks",
@@ -46,14 +59,21 @@ HELP = {
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + (prefix + f.name).replace("_", "-")  # "eval_" + "num_models" -> --eval-num-models
-        help_text = HELP.get(f.name, f.name.replace("_", " ")) + f" (default: {f.default})"
+        if f.default is None:  # "X | None": None takes the method's default
+            by_method = ", ".join(f"{m} {d[f.name]}" for m, d in METHOD_DEFAULTS.items() if f.name in d)
+            default_text, kind = f"by method: {by_method}", next(t for t in typing.get_args(hints[f.name])
+                                                                if t is not type(None))
+        else:
+            default_text, kind = f.default, type(f.default)
+        help_text = HELP.get(f.name, f.name.replace("_", " ")) + f" (default: {default_text})"
         if isinstance(f.default, bool):
             parser.add_argument(flag, dest=prefix + f.name, action=argparse.BooleanOptionalAction,
                                 default=f.default, help=help_text)
         else:
-            parser.add_argument(flag, dest=prefix + f.name, type=type(f.default), default=f.default, help=help_text)
+            parser.add_argument(flag, dest=prefix + f.name, type=kind, default=f.default, help=help_text)
 
 
 def _build(cls, args: argparse.Namespace, prefix: str = ""):
@@ -65,7 +85,8 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("distill", help="distill a data set into a synthetic set file",
-                       description="Distill a data set with DM (optionally +CC, +CM) and save the synthetic set.")
+                       description="Distill a data set with DM or IDM (optionally +CC, +CM) and save the synthetic "
+                                   "set.")
     _add_fields(d, DistillConfig)
     _add_common(d)
     d.add_argument("--out", type=Path, help="output file (default: runs/<dataset>_ipc<ipc>_seed<seed>.pt)")
@@ -83,8 +104,9 @@ def parser() -> argparse.ArgumentParser:
     _add_common(e)
 
     r = sub.add_parser("run", help="distill, then evaluate next to the random-subset baseline (the main job)",
-                       description="Distill with DM (+CC/CM if asked), evaluate, and print a table next to a random "
-                                   "real subset of the same size. Defaults need no download.")
+                       description="Distill with DM or IDM (+CC/CM if asked), evaluate, and print a table next to a "
+                                   "random real subset of the same storage (IPC images per class). Defaults need no "
+                                   "download.")
     _add_fields(r, DistillConfig)
     _add_fields(r, EvalProtocol, "eval_")
     _add_common(r)
@@ -99,7 +121,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _default_out(config: DistillConfig) -> Path:
-    return Path("runs") / f"{config.dataset}_ipc{config.ipc}_seed{config.seed}.pt"
+    method = "" if config.method == "dm" else f"_{config.method}"  # DM keeps the names it had before IDM
+    return Path("runs") / f"{config.dataset}{method}_ipc{config.ipc}_seed{config.seed}.pt"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,16 +165,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if distributed.is_main():
         syn.save(path)
     rows = [("random real subset", evaluate(random_subset(data, config.ipc, config.seed), data, protocol, progress)),
-            (_method_name(config), evaluate(syn, data, protocol, progress))]
+            (config.label(), evaluate(syn, data, protocol, progress))]
     if not distributed.is_main():
         return 0
-    print(f"\n{config.dataset}, IPC {config.ipc}, {config.iterations} iterations (synthetic set saved to {path})")
+    print(f"\n{config.dataset}, IPC {config.ipc} (storage: {config.ipc} images per class; {syn.factor ** 2} training "
+          f"images each), {config.iterations} iterations (synthetic set saved to {path})")
     print(f"evaluation: {protocol.describe()}")
     width = max(len(name) for name, _ in rows)
     for name, result in rows:
         print(f"  {name:<{width}}  {result}")
     return 0
-
-
-def _method_name(config: DistillConfig) -> str:
-    return "DM" + ("+CC" if config.cc else "") + ("+CM" if config.cm else "")

@@ -1,10 +1,12 @@
-"""Distillation by distribution matching: DM, with the CVPR 2024 constraints CC and CM as options.
+"""Distillation by distribution matching: DM or IDM, with the CVPR 2024 constraints CC and CM as options.
 
-Each iteration draws a fresh random ConvNet, a real batch and one augmentation per class, embeds real and synthetic
-images of *all* classes in one forward each (instance norm keeps samples independent), and takes one SGD step on the
-synthetic pixels. Every random draw is derived from (seed, iteration, class), so a run is reproducible, can resume
-from any checkpoint to the same result, and is split across processes by class under torchrun (each rank matches
-and updates only ``Distiller.classes``; see distill_lib.distributed).
+Each iteration takes an embedding ConvNet (DM: a fresh random one; IDM: one drawn from a queue of nets trained on
+real data, see :mod:`distill_lib.idm`), a real batch and one augmentation per class, embeds real and synthetic images
+of *all* classes in one forward each (instance norm keeps samples independent), and takes one SGD step on the
+synthetic pixels. With IDM's partitioning (``factor`` > 1) each stored image is decoded into factor^2 upsampled tiles
+before it is matched. Every random draw is derived from (seed, purpose, iteration, class), so a run is
+reproducible, can resume from any checkpoint to the same result, and is split across processes by class under
+torchrun (each rank matches and updates only ``Distiller.classes``; see distill_lib.distributed).
 """
 from __future__ import annotations
 
@@ -17,27 +19,41 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import augment, distributed, losses, seeding
+from . import augment, distributed, idm, losses, seeding
 from .cache import atomic_save, canonical
 from .data import DATASETS, RealData
 from .featnet import FeatNetPool, FeatNetSpec
 from .models import MODEL_NAMES, NORMS, get_model
-from .synthetic import SyntheticSet
+from .synthetic import SyntheticSet, decode_partitions, encode_partitions
 from .train import resolve_device
 
 INITS = ("real", "noise")
+METHODS = ("dm", "idm")
+# Settings whose default depends on the method: a field left at None takes its method's value. DM: as published,
+# with the CVPR 2024 authors' DM weights; IDM: the IDM authors' code (lr_img 0.2, 2x2 partitions) with the CVPR 2024
+# authors' IDM weights.
+METHOD_DEFAULTS = {"dm": {"lr_img": 1.0, "factor": 1, "lambda_cc": 0.05, "lambda_cm": 0.01},
+                   "idm": {"lr_img": 0.2, "factor": 2, "lambda_cc": 0.01, "lambda_cm": 0.03}}
+# Fields only IDM reads (its model queue and class-aware regulariser).
+IDM_FIELDS = ("queue_length", "queue_push_interval", "queue_train_nets", "queue_train_steps", "queue_batch",
+              "queue_lr", "ce_weight")
 # Fields that may differ between a checkpoint and the run that resumes it without changing what is computed.
 RESUMABLE_FIELDS = ("iterations", "checkpoint_every", "device")
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Everything that determines a distillation run (defaults: DM as published, CC/CM as the authors' code)."""
+    """Everything that determines a distillation run (defaults: DM as published, CC/CM as the authors' code).
+
+    ``method`` selects DM or IDM; everything else is shared. Fields left at None (``lr_img``, ``factor``,
+    ``lambda_cc``, ``lambda_cm``) take the method's default from ``METHOD_DEFAULTS``; :meth:`resolved` fills them in.
+    """
 
     dataset: str = "digits"
-    ipc: int = 10
+    method: str = "dm"
+    ipc: int = 10  # stored images per class: the storage budget, whatever the factor
     iterations: int = 200
-    lr_img: float = 1.0
+    lr_img: float | None = None
     momentum: float = 0.5
     batch_real: int = 256
     init: str = "real"
@@ -52,9 +68,21 @@ class DistillConfig:
     device: str = "auto"
     checkpoint_every: int = 0
     real_chunk: int = 32  # >0: push the real batch through the net in chunks of this many images (cache-friendly)
+    # IDM's partitioning: each stored image holds factor x factor tiles, each upsampled to full size when used.
+    factor: int | None = None
+    # IDM's model queue (see distill_lib.idm) and its class-aware regulariser: ce_weight * (the drawn net's running
+    # training accuracy, a fraction) * sum over classes of the mean cross-entropy of that net on the synthetic images.
+    # The authors' code multiplies an accuracy in percent by 0.5 (0.1 at IPC 50): the same as ce_weight 50 (10) here.
+    queue_length: int = 100
+    queue_push_interval: int = 30
+    queue_train_nets: int = 2
+    queue_train_steps: int = 10
+    queue_batch: int = 256
+    queue_lr: float = 0.01
+    ce_weight: float = 50.0
     # Class centralization (inter-sample relation), on a pretrained feature net.
     cc: bool = False
-    lambda_cc: float = 0.05
+    lambda_cc: float | None = None
     cc_form: str = "simplified"
     cc_alpha: float = 1.0
     cc_beta: float = 1.0
@@ -62,20 +90,28 @@ class DistillConfig:
     featnet_epochs: int = 2
     featnet_per_class: int = 0  # 0: pretrain on the whole training set
     featnet_pool: int = 1
-    # Covariance matching (inter-feature relation), on the random ConvNet's last feature map.
+    # Covariance matching (inter-feature relation), on the embedding net's last feature map (DM: the random ConvNet;
+    # IDM: the net drawn from the queue).
     cm: bool = False
-    lambda_cm: float = 0.01
+    lambda_cm: float | None = None
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         for name in ("ipc", "iterations", "batch_real", "net_width", "net_depth", "featnet_epochs", "featnet_pool"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr_img", "lambda_cc", "lambda_cm", "cc_alpha"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("momentum", "checkpoint_every", "real_chunk", "featnet_per_class", "cc_beta"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive (or None: the method's default), got {getattr(self, name)}")
+        if self.factor is not None:
+            if not isinstance(self.factor, int) or self.factor < 1:
+                raise ValueError(f"factor must be an integer >= 1 (or None: the method's default), got {self.factor!r}")
+            check_factor(self.factor, DATASETS[self.dataset].image_size, self.dataset)
+        self.queue_spec()  # validates the queue settings, also for DM, so a typo never hides
+        for name in ("momentum", "checkpoint_every", "real_chunk", "featnet_per_class", "cc_beta", "ce_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.init not in INITS:
@@ -93,8 +129,43 @@ class DistillConfig:
         return FeatNetSpec(arch=self.featnet_arch, epochs=self.featnet_epochs,
                            per_class=self.featnet_per_class or None, seed=self.seed)
 
+    def queue_spec(self) -> idm.QueueSpec:
+        return idm.QueueSpec(length=self.queue_length, push_interval=self.queue_push_interval,
+                             train_nets=self.queue_train_nets, train_steps=self.queue_train_steps,
+                             batch=self.queue_batch, lr=self.queue_lr, seed=self.seed)
+
+    def resolved(self) -> "DistillConfig":
+        """This config with each None replaced by its method's default (``METHOD_DEFAULTS``): the values a run uses."""
+        defaults = METHOD_DEFAULTS[self.method]
+        return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+    def identity(self) -> dict:
+        """What determines the result, as a JSON-ready dict (cache keys, checkpoint checks): the resolved values.
+
+        For DM it leaves out what IDM added (``method``, the IDM-only fields, and ``factor`` when it is 1), so a DM
+        config keeps the cache key it had before IDM existed, and unused IDM settings never split a DM cache entry.
+        """
+        values = canonical(self.resolved())
+        if self.method == "dm":
+            for name in ("method", *IDM_FIELDS, *(("factor",) if values["factor"] == 1 else ())):
+                del values[name]
+        return values
+
+    def label(self) -> str:
+        """'DM', 'IDM+CC+CM', ...: how tables name the method."""
+        return self.method.upper() + ("+CC" if self.cc else "") + ("+CM" if self.cm else "")
+
     def loss_weights(self) -> dict[str, float]:
-        return {"dm": 1.0, "cc": self.lambda_cc, "cm": self.lambda_cm}
+        cfg = self.resolved()
+        return {"dm": 1.0, "cc": cfg.lambda_cc, "cm": cfg.lambda_cm, "ce": cfg.ce_weight}
+
+
+def check_factor(factor: int, image_size: tuple[int, int], dataset: str) -> None:
+    """Partitioning needs whole tiles: ``factor`` must divide both sides of the images."""
+    if image_size[0] % factor or image_size[1] % factor:
+        divisors = [f for f in range(1, min(image_size) + 1) if image_size[0] % f == 0 and image_size[1] % f == 0]
+        raise ValueError(f"factor {factor} does not divide the {image_size[0]}x{image_size[1]} images of {dataset!r}; "
+                         f"use one of {divisors}")
 
 
 def config_from_dict(values: dict) -> DistillConfig:
@@ -107,7 +178,8 @@ def config_from_dict(values: dict) -> DistillConfig:
 
 
 class Distiller:
-    """The state of one run: synthetic pixels, their optimiser, the reusable random net, the feature-net pool."""
+    """The state of one run: synthetic pixels, their optimiser, the embedding net (DM's reusable random net, or IDM's
+    model queue), the feature-net pool."""
 
     def __init__(self, config: DistillConfig, data: RealData, progress: bool = True):
         self.device = distributed.rank_device(resolve_device(config.device))
@@ -115,13 +187,20 @@ class Distiller:
         distributed.check_same({"config": canonical(config), "data": _fingerprint(data)})
         if data.name != config.dataset:
             raise ValueError(f"config is for dataset {config.dataset!r} but data is {data.name!r}")
+        resolved = config.resolved()
+        self.factor = resolved.factor
+        check_factor(self.factor, data.image_size, data.name)
+        # Real images drawn per class: ipc, or ipc * factor^2 to fill the tiles of the partitioned initialisation.
         smallest = min(data.class_count(c) for c in range(data.num_classes))
-        if config.ipc > smallest:
-            raise ValueError(f"ipc={config.ipc} is larger than the smallest class ({smallest} training images)")
-        if config.ipc == 1 and (config.cc or config.cm):
-            warnings.warn("with ipc=1 and DM, CC and CM are constants with zero gradient (one sample is its own mean:"
-                          " the simplified CC is exactly 0); use IDM, whose partitioning gives several samples per"
-                          " stored image", stacklevel=3)
+        needed = config.ipc * (self.factor ** 2 if config.init == "real" else 1)
+        if needed > smallest:
+            raise ValueError(f"ipc={config.ipc} (x factor^2 = {needed} real images to initialise from) is larger than "
+                             f"the smallest class ({smallest} training images)")
+        self.samples_per_class = config.ipc * self.factor ** 2  # what is matched and trained on: decoded tiles
+        if self.samples_per_class == 1 and (config.cc or config.cm):
+            warnings.warn("with ipc=1 and factor 1 (DM's default), CC and CM are constants with zero gradient (one"
+                          " sample is its own mean: the simplified CC is exactly 0); use IDM, whose partitioning"
+                          " (factor 2) gives several samples per stored image", stacklevel=3)
         self.config, self.data = config, data
         self.n_real = min(config.batch_real, smallest)
         if self.n_real < config.batch_real:
@@ -134,9 +213,14 @@ class Distiller:
         self.net.to(memory_format=torch.channels_last)  # measured faster for these convs and norms on CPU
         # Batch norm mixes the samples of a batch, so its classes must go through the net one at a time.
         self.per_class_forward = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.net.modules())
+        # IDM: the queue's nets are copies of self.net, trained on real data of all classes (the same on every process).
+        self.queue = None
+        if config.method == "idm":
+            idm.check_classifier(self.net, config.model)
+            self.queue = idm.ModelQueue(self.net, data, config.queue_spec(), self.device)
         self.featnets = self._featnet_pool(progress) if config.cc else None
         self.images = self._initial_images().to(self.device).requires_grad_(True)
-        self.optimizer = torch.optim.SGD([self.images], lr=config.lr_img, momentum=config.momentum)
+        self.optimizer = torch.optim.SGD([self.images], lr=resolved.lr_img, momentum=config.momentum)
         self.iteration = 0
         self.history: list[dict] = []
 
@@ -154,8 +238,10 @@ class Distiller:
         if cfg.init == "noise":
             return self._mine(torch.randn(data.num_classes * cfg.ipc, data.channels, *data.image_size,
                                           generator=seeding.generator(cfg.seed, seeding.SYN_INIT)))
-        return torch.cat([data.sample_real(c, cfg.ipc, seeding.generator(cfg.seed, seeding.SYN_INIT, c))
-                          for c in self.classes])
+        # With partitioning, each stored image starts as factor^2 real images of its class, downscaled into its tiles.
+        n = cfg.ipc * self.factor ** 2
+        return torch.cat([encode_partitions(data.sample_real(c, n, seeding.generator(cfg.seed, seeding.SYN_INIT, c)),
+                                            self.factor) for c in self.classes])
 
     def _mine(self, full: torch.Tensor) -> torch.Tensor:
         """This process's rows of a class-major tensor over all classes (e.g. from a checkpoint)."""
@@ -169,10 +255,17 @@ class Distiller:
     def labels(self) -> torch.Tensor:
         return torch.arange(self.data.num_classes).repeat_interleave(self.config.ipc)
 
+    def embedding_net(self, iteration: int) -> torch.nn.Module:
+        """The net that embeds at ``iteration``: DM's fresh random net, or the member IDM's queue draws."""
+        if self.queue is not None:
+            return self.queue.sample(iteration).net
+        self.net.reset_parameters(seeding.generator(self.config.seed, seeding.NET_INIT, iteration))
+        return self.net
+
     def loss_terms(self, iteration: int) -> dict[str, torch.Tensor]:
         """The enabled loss terms (summed over classes) at ``iteration``, with the graph to the synthetic pixels."""
-        cfg, seed, nc = self.config, self.config.seed, len(self.classes)
-        self.net.reset_parameters(seeding.generator(seed, seeding.NET_INIT, iteration))
+        cfg, seed, nc, n_syn = self.config, self.config.seed, len(self.classes), self.samples_per_class
+        net = self.embedding_net(iteration)
         family = augment.choose_family(cfg.dsa_strategy, seeding.generator(seed, seeding.AUGMENT, iteration))
         real, draws_real, draws_syn = [], [], []
         for c in self.classes:
@@ -182,35 +275,42 @@ class Distiller:
             draw = augment.sample_params(family, 1, self.data.image_size,
                                          seeding.generator(seed, seeding.AUGMENT, iteration, c))
             draws_real.append(draw.take(torch.zeros(self.n_real, dtype=torch.long)))
-            draws_syn.append(draw.take(torch.zeros(cfg.ipc, dtype=torch.long)))
-        syn = augment.apply(self.images, augment.AugDraw.cat(draws_syn))  # class-major, like the draws
+            draws_syn.append(draw.take(torch.zeros(n_syn, dtype=torch.long)))
+        # Decoded tiles (the stored images themselves when factor is 1), class-major like the draws.
+        syn = augment.apply(decode_partitions(self.images, self.factor), augment.AugDraw.cat(draws_syn))
         with torch.no_grad():
             real = augment.apply(torch.cat(real), augment.AugDraw.cat(draws_real))
-            fmap_real = self._features(real, self.config.real_chunk).unflatten(0, (nc, self.n_real))
-        fmap_syn = self._features(syn).unflatten(0, (nc, cfg.ipc))
-        embed = self.net.head  # the model's embedding of its last feature map (flatten for the ConvNet)
-        terms = {"dm": losses.batched_dm_loss(embed(fmap_real.flatten(0, 1)).unflatten(0, (nc, self.n_real)),
-                                              embed(fmap_syn.flatten(0, 1)).unflatten(0, (nc, cfg.ipc)))}
+            fmap_real = self._features(net, real, self.config.real_chunk).unflatten(0, (nc, self.n_real))
+        fmap_syn = self._features(net, syn).unflatten(0, (nc, n_syn))
+        embed_syn = net.head(fmap_syn.flatten(0, 1))  # the model's embedding of its last feature map (flatten)
+        terms = {"dm": losses.batched_dm_loss(net.head(fmap_real.flatten(0, 1)).unflatten(0, (nc, self.n_real)),
+                                              embed_syn.unflatten(0, (nc, n_syn)))}
         if cfg.cm:
             terms["cm"] = losses.batched_cm_loss(fmap_real, fmap_syn)
         if cfg.cc:
             featnet = self.featnets.sample(seeding.generator(seed, seeding.FEATNET_DRAW, iteration))
-            terms["cc"] = losses.batched_cc_loss(featnet.embed(syn).unflatten(0, (nc, cfg.ipc)),
+            terms["cc"] = losses.batched_cc_loss(featnet.embed(syn).unflatten(0, (nc, n_syn)),
                                                  cfg.cc_alpha, cfg.cc_beta, cfg.cc_form)
+        if self.queue is not None and cfg.ce_weight > 0:  # IDM's class-aware regulariser, weighted by net accuracy
+            logits = net.classifier(embed_syn).unflatten(0, (nc, n_syn))
+            classes = torch.tensor(self.classes, device=logits.device)
+            terms["ce"] = self.queue.sample(iteration).accuracy * losses.batched_ce_loss(logits, classes)
         return terms
 
-    def _features(self, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    def _features(self, net: torch.nn.Module, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
         """Last feature maps of a class-major batch: in chunks of ``chunk`` images if > 0, per class for batch norm."""
         if self.per_class_forward:
             chunk = len(x) // len(self.classes)
         x = x.contiguous(memory_format=torch.channels_last)
         if not chunk or chunk >= len(x):
-            return self.net.features(x)
-        return torch.cat([self.net.features(part) for part in x.split(chunk)])
+            return net.features(x)
+        return torch.cat([net.features(part) for part in x.split(chunk)])
 
     def step(self) -> dict:
         """One optimisation step on the synthetic pixels; returns and records its history entry."""
         start = time.perf_counter()
+        if self.queue is not None:
+            self.queue.start_iteration(self.iteration)  # IDM: push a new net when due
         terms = self.loss_terms(self.iteration)
         total = losses.combine(terms, self.config.loss_weights())
         self.optimizer.zero_grad(set_to_none=True)
@@ -218,8 +318,11 @@ class Distiller:
         self.optimizer.step()
         # Each process holds a partial sum over its classes; the history keeps the sums over all classes.
         values = distributed.all_reduce_sum([total.item()] + [value.item() for value in terms.values()], self.device)
-        record = {"iteration": self.iteration, "loss": values[0], **dict(zip(terms, values[1:])),
-                  "seconds": time.perf_counter() - start}
+        record = {"iteration": self.iteration, "loss": values[0], **dict(zip(terms, values[1:]))}
+        if self.queue is not None:
+            record["net_accuracy"] = self.queue.sample(self.iteration).accuracy  # the CE weight used
+            self.queue.train(self.iteration)  # IDM: the chosen nets learn a few steps on real data
+        record["seconds"] = time.perf_counter() - start
         self.history.append(record)
         self.iteration += 1
         return record
@@ -227,7 +330,7 @@ class Distiller:
     def result(self) -> SyntheticSet:
         """The whole synthetic set (gathered from every process; the same on all)."""
         return SyntheticSet(self._gathered(self.images.detach()), self.labels(), self.data.mean, self.data.std,
-                            list(self.data.classes), canonical(self.config), list(self.history))
+                            list(self.data.classes), canonical(self.config), list(self.history), self.factor)
 
     def state_dict(self) -> dict:
         """The whole run's state (images and momentum gathered over processes): resumable at any process count."""
@@ -235,23 +338,30 @@ class Distiller:
         optimizer["state"] = {index: {k: self._gathered(v).cpu() if _is_per_pixel(v, self.images) else v
                                       for k, v in state.items()}
                               for index, state in optimizer["state"].items()}  # copies: never touch the live state
-        return {"config": canonical(self.config), "iteration": self.iteration,
-                "images": self._gathered(self.images.detach()).cpu(), "optimizer": optimizer,
-                "history": canonical(self.history)}
+        state = {"config": canonical(self.config), "iteration": self.iteration,
+                 "images": self._gathered(self.images.detach()).cpu(), "optimizer": optimizer,
+                 "history": canonical(self.history)}
+        if self.queue is not None:
+            state["queue"] = self.queue.state_dict()  # identical on every process
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        saved = dict(state["config"])
-        mine = canonical(self.config)
-        differing = [k for k in mine if k not in RESUMABLE_FIELDS and saved.get(k) != mine[k]]
+        # Compared by identity: method defaults resolved, so checkpoints written before IDM existed still resume.
+        saved = config_from_dict(state["config"]).identity()
+        mine = self.config.identity()
+        differing = [k for k in sorted(saved.keys() | mine.keys())
+                     if k not in RESUMABLE_FIELDS and saved.get(k) != mine.get(k)]
         if differing:
             raise ValueError("checkpoint was written by a different config; differing fields: " +
-                             ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {mine[k]!r})" for k in differing))
+                             ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {mine.get(k)!r})" for k in differing))
         with torch.no_grad():
             self.images.copy_(self._mine(state["images"]))
         optimizer = dict(state["optimizer"])
         optimizer["state"] = {index: {k: self._mine(v) if _is_per_pixel(v, state["images"]) else v
                                       for k, v in s.items()} for index, s in optimizer["state"].items()}
         self.optimizer.load_state_dict(optimizer)
+        if self.queue is not None:
+            self.queue.load_state_dict(state["queue"])
         self.iteration = int(state["iteration"])
         self.history = list(state["history"])
 

@@ -1,4 +1,4 @@
-"""The matching losses: DM (means), CC (class centralization) and CM (covariance matching).
+"""The losses: DM (means), CC (class centralization), CM (covariance matching) and IDM's class-aware CE.
 
 The four per-class functions state each formula once, plainly. The ``batched_*`` variants compute the same numbers
 for all classes at once from tensors shaped (classes, samples, ...), which is what the distillation step uses; the
@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 CC_FORMS = ("paper", "simplified")
 # exp(x) overflows float32 near x = 88.7; the paper's hinge is linearised above this argument (see cc_loss). The
@@ -89,6 +90,16 @@ def batched_cm_loss(fmap_real: torch.Tensor, fmap_syn: torch.Tensor) -> torch.Te
 def batched_cc_loss(feat_syn: torch.Tensor, alpha: float = 1.0, beta: float = 1.0, form: str = "paper") -> torch.Tensor:
     """sum_c cc_loss(feat_syn[c]); feat_syn (C, K, D)."""
     return _cc_from_sq_dist(((feat_syn - feat_syn.mean(1, keepdim=True)) ** 2).sum(-1), alpha, beta, form)
+
+
+def batched_ce_loss(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """sum_c mean_k CE(logits[c, k], classes[c]): IDM's class-aware term before its accuracy weight.
+
+    logits (C, K, num_classes) of K synthetic samples for each of the C classes ``classes`` (C,). The authors' code
+    takes the mean cross-entropy per class and steps per class, i.e. sums the class means.
+    """
+    c, k = logits.shape[:2]
+    return F.cross_entropy(logits.flatten(0, 1), classes.repeat_interleave(k), reduction="sum") / k
 
 
 def combine(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

@@ -40,3 +40,9 @@ def generator(*keys: int) -> torch.Generator:
 CLASS_ORDER = 21
 HERDING = 22
 CONTINUAL = 23
+
+# IDM's model queue (distill_lib.idm): each new net's initialisation (by its serial number), the net drawn for
+# matching at an iteration, and which nets are trained at an iteration and on which real batches.
+QUEUE_NET_INIT = 31
+QUEUE_SAMPLE = 32
+QUEUE_TRAIN = 33

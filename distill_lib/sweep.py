@@ -41,7 +41,7 @@ class Cell:
             raise ValueError(f"validation must be >= 0, got {self.validation}")
 
     def key(self) -> dict:
-        config = asdict(self.config)
+        config = self.config.identity()  # resolved method defaults; DM keys unchanged by IDM's fields
         if self.method == "random":  # only these fields define a random subset
             config = {k: config[k] for k in ("dataset", "ipc", "seed")}
         protocol = asdict(self.protocol)
@@ -76,8 +76,7 @@ def run_cell(cell: Cell, root=None, cache: DiskCache | None = None, verbose: boo
 
 def describe(cell: Cell) -> str:
     c = cell.config
-    what = "random" if cell.method == "random" else (
-        "DM" + ("+CC" if c.cc else "") + ("+CM" if c.cm else "") + f" {c.iterations} it")
+    what = "random" if cell.method == "random" else f"{c.label()} {c.iterations} it"
     where = f"val{cell.validation}" if cell.validation else "test"
     return f"{c.dataset} ipc{c.ipc} {what} seed{c.seed} ({where})"
 
@@ -105,7 +104,7 @@ def sweep(configs: list[DistillConfig], protocol: EvalProtocol, validation: int 
 
     results = distributed.spread(len(cells), lambda i: run_cell(cells[i], root, cache, verbose),
                                  skip=distributed.from_main(cached))
-    return [{**asdict(config), "validation": validation, "accuracies": result.accuracies, "mean": result.mean,
+    return [{**asdict(config.resolved()), "validation": validation, "accuracies": result.accuracies, "mean": result.mean,
              "std": result.std} for config, result in zip(configs, results)]
 
 

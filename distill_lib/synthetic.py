@@ -36,6 +36,27 @@ def decode_partitions(images: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def encode_partitions(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Pack full-size images (N * factor^2, C, H, W) into N stored images, each a factor x factor grid of them.
+
+    Each image is downscaled to (H / factor, W / factor) by area averaging and placed row-major, so tile k of stored
+    image i is image i * factor^2 + k: ``decode_partitions`` gives back the images in the same order, at 1/factor
+    resolution. This is how IDM initialises a partitioned synthetic set from real images.
+    """
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    if factor == 1:
+        return images
+    n, c, h, w = images.shape
+    if h % factor or w % factor:
+        raise ValueError(f"factor {factor} does not divide the image size {h}x{w}")
+    if n % (factor * factor):
+        raise ValueError(f"{n} images do not fill stored images of {factor}x{factor} tiles")
+    tiles = F.interpolate(images, size=(h // factor, w // factor), mode="area")
+    tiles = tiles.reshape(n // factor ** 2, factor, factor, c, h // factor, w // factor).permute(0, 3, 1, 4, 2, 5)
+    return tiles.reshape(n // factor ** 2, c, h, w)
+
+
 @dataclass(eq=False)
 class SyntheticSet:
     """Synthetic images (normalised, float32) with labels, provenance and the history of the run that made them."""

@@ -42,22 +42,36 @@ class TrainSpec:
         return torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
 
-def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-              batch_size: int, generator: torch.Generator, dsa_strategy: str = "none") -> float:
-    """One pass over (x, y) in a seeded random order, DSA on each batch; returns the mean training loss."""
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches, generator: torch.Generator,
+                dsa_strategy: str = "none") -> tuple[float, float]:
+    """One SGD step per (inputs, labels) batch, DSA on each; returns the mean loss and the training accuracy.
+
+    The accuracy counts the logits of each step's forward pass (train mode, before that step's update), as a running
+    training accuracy does. ``batches`` may be a generator: it is consumed lazily, between the steps.
+    """
     model.train()
-    order = torch.randperm(len(x), generator=generator).to(x.device)
-    total = 0.0
-    for start in range(0, len(x), batch_size):
-        idx = order[start:start + batch_size]
+    total, correct, seen = 0.0, 0, 0
+    for inputs, labels in batches:
         # contiguous: DSA families return different strides, each of which would be a new graph for torch.compile
-        inputs = augment.augment(x[idx], dsa_strategy, generator).contiguous()
-        loss = F.cross_entropy(model(inputs), y[idx])
+        logits = model(augment.augment(inputs, dsa_strategy, generator).contiguous())
+        loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.item() * len(idx)
-    return total / len(x)
+        total += loss.item() * len(labels)
+        correct += int((logits.detach().argmax(1) == labels).sum())
+        seen += len(labels)
+    if seen == 0:
+        raise ValueError("train_steps got no batches")
+    return total / seen, correct / seen
+
+
+def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              batch_size: int, generator: torch.Generator, dsa_strategy: str = "none") -> float:
+    """One pass over (x, y) in a seeded random order, DSA on each batch; returns the mean training loss."""
+    order = torch.randperm(len(x), generator=generator).to(x.device)
+    batches = ((x[idx], y[idx]) for idx in order.split(batch_size))
+    return train_steps(model, optimizer, batches, generator, dsa_strategy)[0]
 
 
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainSpec,

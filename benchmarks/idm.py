@@ -1,0 +1,87 @@
+"""DM, DM+CC+CM, IDM and IDM+CC+CM next to a random real subset of the same storage, at one stated CPU budget.
+
+    python benchmarks/idm.py --threads 1                     # Fashion-MNIST and CIFAR-10 at IPC 1 and 10, 2 seeds
+    python benchmarks/idm.py --datasets cifar10 --ipcs 10 --queue-train-steps 10 --queue-batch 256  # authors' queue
+
+Storage is the same in every column of a row: IPC stored images per class. An IDM image holds 2x2 partitions (four
+training images after decoding), a DM image one, and the random subset is IPC real images per class. Every method
+runs the same number of iterations; IDM's iterations cost more (its queue nets train on real data), so the script
+also prints the measured seconds per iteration. The queue nets' training is the expensive part of IDM on a CPU: the
+authors' 10 SGD steps of 256 images per trained net per iteration cost about 12 DM iterations (measured on Fashion-
+MNIST, IPC 10, one thread), so by default this CPU budget trains them 2 steps of 128 images (stated in the output).
+Needs the data sets (DISTILL_DATA, or ../shared/data beside the
+checkout). Each cell (dataset, IPC, method, seed) is cached on disk under its full config (distill_lib.sweep), so an
+interrupted run continues where it stopped and a wider grid only computes the new cells.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+
+from common import parser, setup
+from distill_lib import DistillConfig, EvalProtocol
+from distill_lib.cache import DiskCache
+from distill_lib.sweep import Cell, pooled, run_cell
+
+METHODS = {"DM": dict(method="dm"), "DM+CC+CM": dict(method="dm", cc=True, cm=True),
+           "IDM": dict(method="idm"), "IDM+CC+CM": dict(method="idm", cc=True, cm=True)}
+
+
+def main() -> None:
+    p = parser(__doc__, datasets=["fashion_mnist", "cifar10"], ipcs=[1, 10], seeds=2)
+    p.add_argument("--featnet-arch", default="resnet18", help="CC's pretrained feature net")
+    p.add_argument("--featnet-epochs", type=int, default=2)
+    p.add_argument("--featnet-per-class", type=int, default=1000, help="training images per class for the feature net")
+    p.add_argument("--queue-train-steps", type=int, default=2,
+                   help="IDM: SGD steps per trained queue net per iteration (the authors: 10)")
+    p.add_argument("--queue-batch", type=int, default=128,
+                   help="IDM: real images per SGD step of a queue net (the authors: 256)")
+    p.add_argument("--queue-push-interval", type=int, default=30, help="IDM: a new queue net every N iterations")
+    args = p.parse_args()
+    setup(args)
+
+    protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
+    cache = DiskCache("sweep")
+    dm, idm = (DistillConfig(method=m).resolved() for m in ("dm", "idm"))
+    print(f"Storage = IPC images per class in every column (an IDM image stores {idm.factor}x{idm.factor} partitions, "
+          f"i.e. {idm.factor ** 2} training images; the random subset is IPC real images per class).\n"
+          f"Budget: {args.iterations} iterations for every method, batch_real {args.batch_real}, init real, full DSA; "
+          f"lr_img DM {dm.lr_img}, IDM {idm.lr_img}; IDM queue of ConvNets ({idm.queue_train_nets} trained per "
+          f"iteration, {args.queue_train_steps} SGD steps of {args.queue_batch} real images each, lr {idm.queue_lr}, "
+          f"a new net every {args.queue_push_interval} iterations, at most {idm.queue_length}), CE weight "
+          f"{idm.ce_weight} x net accuracy; lambda_CC / lambda_CM DM {dm.lambda_cc} / {dm.lambda_cm}, IDM "
+          f"{idm.lambda_cc} / {idm.lambda_cm}, {idm.cc_form} CC on a {args.featnet_arch} feature net trained "
+          f"{args.featnet_epochs} epochs on {args.featnet_per_class} images per class; evaluation on the decoded "
+          f"images: {protocol.describe()}; {args.seeds} distillation seed(s); mean ± std over seeds x models.\n"
+          f"At IPC 1, DM+CC+CM equals DM in effect: one sample per class makes CC zero and CM gradient-free.\n")
+    print("| dataset | IPC | random subset | DM | DM+CC+CM | IDM | IDM+CC+CM | IDM - DM | IDM+CC+CM - DM+CC+CM |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    seconds = []
+    for dataset in args.datasets:
+        for ipc in args.ipcs:
+            base = DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
+                                 featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
+                                 featnet_per_class=args.featnet_per_class, queue_train_steps=args.queue_train_steps,
+                                 queue_batch=args.queue_batch, queue_push_interval=args.queue_push_interval)
+            seeds = [replace(base, seed=s) for s in range(args.seeds)]
+            random = pooled([run_cell(Cell(c, protocol, "random"), cache=cache) for c in seeds])
+            r, per_it = {}, {}
+            for name, overrides in METHODS.items():
+                cells = [Cell(replace(c, **overrides), protocol) for c in seeds]
+                r[name] = pooled([run_cell(cell, cache=cache) for cell in cells])
+                histories = [cache.get(cell.key())["history"] for cell in cells]
+                per_it[name] = statistics.fmean(h["seconds"] for history in histories for h in history)
+            seconds.append((dataset, ipc, per_it))
+            print(f"| {dataset} | {ipc} | {random} | {r['DM']} | {r['DM+CC+CM']} | {r['IDM']} | {r['IDM+CC+CM']} | "
+                  f"{100 * (r['IDM'].mean - r['DM'].mean):+.2f} | "
+                  f"{100 * (r['IDM+CC+CM'].mean - r['DM+CC+CM'].mean):+.2f} |", flush=True)
+    print("\nSeconds per distillation iteration (mean over the iterations of every seed, as measured when each cell "
+          "was computed):\n")
+    print("| dataset | IPC | " + " | ".join(METHODS) + " |")
+    print("|---|---|" + "---|" * len(METHODS))
+    for dataset, ipc, per_it in seconds:
+        print(f"| {dataset} | {ipc} | " + " | ".join(f"{per_it[m]:.2f}" for m in METHODS) + " |")
+
+
+if __name__ == "__main__":
+    main()
