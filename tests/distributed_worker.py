@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --nproc-per-node 2 tests/distributed_worker.py OUT_DIR SCENARIO
 
-Scenarios: ``main`` (DM+CC+CM, a partial run for 2 -> 1 resume, a 1 -> 2 resume of OUT_DIR/one_proc.pt, evaluation
+Scenarios: ``main`` (DM+CC+CM, IDM+CC+CM, a partial run for 2 -> 1 resume, a 1 -> 2 resume of OUT_DIR/one_proc.pt, evaluation
 spread over ranks, a sweep over a partly cached grid, bad input: more ranks than classes) and ``kill`` (rank 1
 SIGKILLs itself at iteration 5 of a run checkpointed every 2 iterations). Only rank 0 writes result files; every
 rank writes the error it raised on bad input (``error_<case>_rank<r>.txt``).
@@ -26,6 +26,9 @@ from distill_lib.sweep import grid, sweep
 torch.set_num_threads(1)
 TINY = dict(dataset="digits", ipc=3, iterations=6, batch_real=8, net_width=8, device="cpu")
 FEATNET = dict(featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+# IDM+CC+CM with a short queue that pushes, trains and is drawn from within 4 iterations.
+IDM = dict(method="idm", cc=True, cm=True, queue_length=3, queue_push_interval=2, queue_train_nets=1,
+           queue_train_steps=1, queue_batch=16)
 TINY_EVAL = EvalProtocol(model="mlp", epochs=30, num_models=3, device="cpu")  # 3 distinct accuracies on digits
 
 
@@ -50,12 +53,14 @@ def main_scenario(out: Path) -> None:
     bad_input(out, "classes", lambda: distill(tiny(), one_class, progress=False))
 
     full = distill(tiny(iterations=4, cc=True, cm=True, **FEATNET), digits, progress=False)
+    idm = distill(tiny(iterations=4, **IDM, **FEATNET), digits, progress=False)
     part = distill(tiny(iterations=3, checkpoint_every=2), digits, checkpoint=out / "two_procs.pt", progress=False)
     resumed = distill(tiny(), digits, checkpoint=out / "one_proc.pt", resume=True, progress=False)
     accuracies = evaluate(random_subset(digits, 2), digits, TINY_EVAL).accuracies
     records = sweep(grid(tiny(iterations=2), seed=[0, 1, 2]), TINY_EVAL)
     if distributed.is_main():
         full.save(out / "dm_cc_cm.pt")
+        idm.save(out / "idm_cc_cm.pt")
         part.save(out / "part.pt")
         resumed.save(out / "resumed_1_to_2.pt")
         (out / "eval.json").write_text(json.dumps({"accuracies": accuracies, "world": distributed.world_size()}))

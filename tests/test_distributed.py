@@ -27,7 +27,7 @@ from distill_lib.sweep import Cell, run_cell
 from distill_lib.synthetic import SyntheticSet
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_worker import FEATNET, TINY_EVAL, tiny  # noqa: E402  (the worker's settings, not a copy)
+from distributed_worker import FEATNET, IDM, TINY_EVAL, tiny  # noqa: E402  (the worker's settings, not a copy)
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -126,9 +126,10 @@ def single(tmp_path_factory, digits):
         cached_cell = Cell(tiny(iterations=2, seed=0), TINY_EVAL)
         cached = run_cell(cached_cell, verbose=False)  # the sweep job must reuse it
         dm_cc_cm = distill(tiny(iterations=4, cc=True, cm=True, **FEATNET), digits, progress=False)
+        idm_cc_cm = distill(tiny(iterations=4, **IDM, **FEATNET), digits, progress=False)
     cached_file = DiskCache("sweep", dirs["cache"]).path(cached_cell.key())
     return dict(dirs, env=job_env(dirs["cache"], dirs["data"]), dm=run.result(), state=run.state_dict(),
-                dm_cc_cm=dm_cc_cm, cached=cached, cached_file=cached_file, cached_mtime=cached_file.stat().st_mtime_ns)
+                dm_cc_cm=dm_cc_cm, idm_cc_cm=idm_cc_cm, cached=cached, cached_file=cached_file, cached_mtime=cached_file.stat().st_mtime_ns)
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +159,14 @@ def test_dm_cc_cm_on_two_processes_equals_one(single, main_job):
     got = SyntheticSet.load(single["out"] / "dm_cc_cm.pt")
     assert {"dm", "cc", "cm"} <= got.history[0].keys()
     assert_same_run(got, single["dm_cc_cm"])
+
+
+def test_idm_cc_cm_on_two_processes_equals_one(single, main_job):
+    """Every rank trains the same model queue (seeded, on all classes' real data), so no weights are exchanged."""
+    got = SyntheticSet.load(single["out"] / "idm_cc_cm.pt")
+    assert {"dm", "cc", "cm", "ce"} <= got.history[-1].keys() and got.factor == 2
+    assert any(record["net_accuracy"] > 0 for record in got.history)  # the queue trained and weighted the CE term
+    assert_same_run(got, single["idm_cc_cm"])
 
 
 def test_checkpoint_of_two_processes_resumes_in_one(single, main_job, digits):
