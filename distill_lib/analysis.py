@@ -80,6 +80,28 @@ def _class_centres(features: torch.Tensor, labels: torch.Tensor) -> tuple[list[t
     return groups, torch.stack([g.mean(0) for g in groups])
 
 
+def centre_sq_distances(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distance of every point to its class centre (float64): the d^2 inside CC's exp(alpha d^2)."""
+    features, labels = torch.as_tensor(features).double(), torch.as_tensor(labels)
+    sq = torch.empty(len(labels), dtype=torch.float64)
+    for c in torch.unique(labels):
+        group = features[labels == c]
+        sq[labels == c] = ((group - group.mean(0)) ** 2).sum(1)
+    return sq
+
+
+def cc_alpha(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """1 / the median of :func:`centre_sq_distances`: an alpha for CC's paper form on the scale of these features.
+
+    With it exp(alpha d^2) is e at the median distance, so the hinge threshold beta reads in the same units for any
+    feature net (beta <= 1: every sample is pulled; beta = e: the closer half is left alone).
+    """
+    median = torch.quantile(centre_sq_distances(features, labels), 0.5).item()
+    if median <= 0:
+        raise ValueError("cc_alpha needs classes with spread (all points sit on their class centre)")
+    return 1.0 / median
+
+
 def intra_class_spread(features: torch.Tensor, labels: torch.Tensor) -> float:
     """Mean over classes of the mean Euclidean distance of a class's points to their centre (0 for single points)."""
     groups, centres = _class_centres(features, labels)
@@ -147,6 +169,15 @@ def discrimination_metrics(features: torch.Tensor, labels: torch.Tensor, query_f
     if query_feats is not None:
         metrics["knn_accuracy"] = knn_accuracy(features, labels, query_feats, query_labels, k)
     return metrics
+
+
+def set_metrics(syn: SyntheticSet, data: RealData, net: nn.Module, real_per_class: int,
+                generator: torch.Generator, k: int = 1) -> dict[str, float]:
+    """:func:`discrimination_metrics` of a synthetic set in ``net``'s embedding, with ``real_per_class`` images per
+    class of ``data``'s test split (a validation split's held-out images for validation cells) as k-NN queries."""
+    feats, labels = features_of(syn, net)
+    query_feats, query_labels = real_features(data, net, real_per_class, generator, split="test")
+    return discrimination_metrics(feats, labels, query_feats, query_labels, k)
 
 
 # ----------------------------------------------------------------------------------------------------------------

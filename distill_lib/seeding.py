@@ -40,3 +40,8 @@ def generator(*keys: int) -> torch.Generator:
 CLASS_ORDER = 21
 HERDING = 22
 CONTINUAL = 23
+
+# Analysis and widgets (distill_lib.analysis, distill_lib.widgets): the real images shown next to a synthetic set and
+# the random ConvNet whose features are pictured.
+ANALYSIS_REAL = 31
+ANALYSIS_NET = 32

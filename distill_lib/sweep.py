@@ -4,6 +4,10 @@ A cell is (distillation config or random-subset baseline, evaluation protocol, w
 are cached under a hash of all of that, so re-running a notebook or a benchmark, or widening a grid, only computes
 the cells that are new. Hyper-parameters are chosen with ``validation=k``: the cell then trains on the training set
 minus k images per class and tests on those k, never on the real test set.
+
+The synthetic set of a cell is cached too (as the distiller's state, in the "synthetic" namespace, keyed without the
+evaluation protocol), so analysing a set, evaluating it under another protocol, or distilling the same config for
+more iterations (:func:`synthetic_sets`, which resumes from the longest shorter run) never repeats finished work.
 """
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ from dataclasses import asdict, dataclass, replace
 
 from .cache import DiskCache
 from .data import RealData, load_dataset
-from .distill import DistillConfig, distill
+from .distill import DistillConfig, Distiller
 from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
+from .synthetic import SyntheticSet
 
 METHODS = ("distill", "random")
 
@@ -47,15 +52,55 @@ def cell_data(cell: Cell, root=None) -> RealData:
     return data.validation_split(cell.validation) if cell.validation else data
 
 
+def synthetic_sets(cell: Cell, iterations: list[int], root=None,
+                   cache: DiskCache | None = None) -> dict[int, SyntheticSet]:
+    """The cell's distilled set after each number of ``iterations``, from one run, each cached on disk.
+
+    Each checkpoint is the cell with ``config.iterations = n``; a missing one is distilled by resuming the state of the
+    previous (shorter) checkpoint, which gives exactly the result of an uninterrupted run of n iterations.
+    """
+    if cell.method != "distill":
+        raise ValueError(f"only 'distill' cells have distillation checkpoints, not {cell.method!r}")
+    if not iterations or min(iterations) < 1:
+        raise ValueError(f"iterations must be a non-empty list of numbers >= 1, got {iterations}")
+    cache = cache or DiskCache("synthetic")
+    full = load_dataset(cell.config.dataset, root)  # mean, std and class names of the sets
+    data, state, sets = None, None, {}  # the cell's data is split only when something has to be distilled
+    for n in sorted(set(iterations)):
+        config = replace(cell.config, iterations=n)
+
+        def compute(config=config, previous=state) -> dict:
+            nonlocal data
+            if data is None:
+                data = cell_data(cell, root)
+            run = Distiller(config, data, progress=False)
+            if previous is not None:
+                run.load_state_dict(previous)
+            while run.iteration < config.iterations:
+                run.step()
+            return {**run.state_dict(), "labels": run.labels()}
+
+        state = cache.get_or_compute({"config": asdict(config), "validation": cell.validation}, compute)
+        sets[n] = SyntheticSet(state["images"], state["labels"], full.mean, full.std, list(full.classes),
+                               state["config"], state["history"])
+    return sets
+
+
+def synthetic_set(cell: Cell, root=None, cache: DiskCache | None = None) -> SyntheticSet:
+    """The set a cell evaluates: its distilled set (cached, see :func:`synthetic_sets`) or its random subset."""
+    if cell.method == "random":
+        return random_subset(cell_data(cell, root), cell.config.ipc, cell.config.seed)
+    return synthetic_sets(cell, [cell.config.iterations], root, cache)[cell.config.iterations]
+
+
 def run_cell(cell: Cell, root=None, cache: DiskCache | None = None, verbose: bool = True) -> EvalResult:
-    """The accuracies of one cell, from the cache when it was measured before."""
+    """The accuracies of one cell, from the cache when it was measured before (its set from the set cache)."""
     cache = cache or DiskCache("sweep")
 
     def compute() -> dict:
         data = cell_data(cell, root)
         start = time.perf_counter()
-        syn = (random_subset(data, cell.config.ipc, cell.config.seed) if cell.method == "random"
-               else distill(cell.config, data, progress=False))
+        syn = synthetic_set(cell, root, DiskCache("synthetic", cache.dir.parent))
         made = time.perf_counter() - start
         result = evaluate(syn, data, cell.protocol)
         if verbose:
@@ -69,8 +114,9 @@ def run_cell(cell: Cell, root=None, cache: DiskCache | None = None, verbose: boo
 
 def describe(cell: Cell) -> str:
     c = cell.config
+    cc = f"+CC(paper, beta {c.cc_beta:g})" if c.cc_form == "paper" else "+CC"
     what = "random" if cell.method == "random" else (
-        "DM" + ("+CC" if c.cc else "") + ("+CM" if c.cm else "") + f" {c.iterations} it")
+        "DM" + (cc if c.cc else "") + ("+CM" if c.cm else "") + f" {c.iterations} it")
     where = f"val{cell.validation}" if cell.validation else "test"
     return f"{c.dataset} ipc{c.ipc} {what} seed{c.seed} ({where})"
 
