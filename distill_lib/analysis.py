@@ -19,7 +19,9 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 
+from . import seeding
 from .data import RealData
+from .featnet import FeatNetSpec, pretrain
 from .synthetic import SyntheticSet
 
 
@@ -100,6 +102,14 @@ def cc_alpha(features: torch.Tensor, labels: torch.Tensor) -> float:
     if median <= 0:
         raise ValueError("cc_alpha needs classes with spread (all points sit on their class centre)")
     return 1.0 / median
+
+
+def featnet_cc_alpha(data: RealData, spec: FeatNetSpec, per_class: int = 50) -> float:
+    """:func:`cc_alpha` of ``per_class`` real training images per class in the feature net of ``spec`` (pretrained on
+    ``data``, cached), rounded to 3 significant digits so configs built from it read (and hash) cleanly."""
+    net, _ = pretrain(data, spec)
+    feats = real_features(data, net, per_class, seeding.generator(spec.seed, seeding.ANALYSIS_REAL), split="train")
+    return float(f"{cc_alpha(*feats):.3g}")
 
 
 def intra_class_spread(features: torch.Tensor, labels: torch.Tensor) -> float:

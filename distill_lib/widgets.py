@@ -156,7 +156,7 @@ class Panel:
         for name in SLIDERS:
             low, high, step = ranges[name]
             common = dict(description=name, value=values[name], continuous_update=False,
-                          style={"description_width": "70px"}, layout=widgets.Layout(width="330px"))
+                          style={"description_width": "80px"}, layout=widgets.Layout(width="340px"))
             if name == "alpha":
                 self.sliders[name] = widgets.FloatLogSlider(base=10, min=low, max=high, step=step,
                                                             readout_format=".2e", **common)

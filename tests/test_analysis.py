@@ -9,8 +9,10 @@ from matplotlib.figure import Figure
 
 from distill_lib import seeding
 from distill_lib.analysis import (cc_alpha, centre_sq_distances, discrimination_metrics, extract_features,
-                                  features_of, inter_class_distance, intra_class_spread, knn_accuracy, plot_tsne,
-                                  real_features, set_metrics, silhouette, spread_ratio, tsne_2d)
+                                  featnet_cc_alpha, features_of, inter_class_distance, intra_class_spread,
+                                  knn_accuracy, plot_tsne, real_features, set_metrics, silhouette, spread_ratio,
+                                  tsne_2d)
+from distill_lib.featnet import FeatNetSpec, pretrain
 from distill_lib.models import get_model
 from distill_lib.synthetic import SyntheticSet
 
@@ -87,6 +89,14 @@ def test_centre_sq_distances_and_cc_alpha_by_hand():
                                torch.tensor([9.0, 1, 9, 1], dtype=torch.float64))
     with pytest.raises(ValueError, match="spread"):
         cc_alpha(torch.ones(4, 2), FOUR_LABELS)
+
+
+def test_featnet_cc_alpha_uses_real_training_features(digits):
+    spec = FeatNetSpec(arch="convnet", epochs=1, per_class=20)
+    alpha = featnet_cc_alpha(digits, spec, per_class=5)
+    net, _ = pretrain(digits, spec)
+    feats = real_features(digits, net, 5, seeding.generator(spec.seed, seeding.ANALYSIS_REAL), split="train")
+    assert alpha == pytest.approx(cc_alpha(*feats), rel=5e-3) and alpha == float(f"{alpha:.3g}")
 
 
 def test_silhouette_needs_a_class_with_two_samples():

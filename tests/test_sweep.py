@@ -1,14 +1,16 @@
 """Tests for distill_lib.sweep: cell caching (hit, miss, corrupt file), the set cache and its resumed checkpoints,
-validation cells, and the tidy records of a sweep."""
+validation cells, the tidy records of a sweep, and the metrics of a cell's set."""
 from dataclasses import replace
 
 import pytest
 import torch
 
-from distill_lib import sweep
+from distill_lib import seeding, sweep
+from distill_lib.analysis import set_metrics
 from distill_lib.cache import DiskCache
 from distill_lib.distill import DistillConfig, Distiller, distill
 from distill_lib.evaluate import EvalProtocol, evaluate, random_subset
+from distill_lib.featnet import pretrain
 from distill_lib.sweep import Cell, cell_data, grid, pooled, run_cell, synthetic_set, synthetic_sets
 
 BASE = DistillConfig(dataset="digits", ipc=2, iterations=3, batch_real=8, net_width=8, device="cpu")
@@ -138,3 +140,15 @@ def test_sweep_records_one_tidy_row_per_config(calls):
     both = pooled([run_cell(Cell(c, PROTOCOL), verbose=False) for c in configs[:2]])
     assert both.accuracies == records[0]["accuracies"] + records[1]["accuracies"]
     assert calls.evaluations == 2  # the checks above were cache hits
+
+
+def test_cell_metrics_in_the_cells_own_feature_net(digits):
+    config = replace(BASE, featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+    cell = Cell(config, PROTOCOL, validation=5)
+    got = sweep.cell_metrics(cell, real_per_class=3)
+    split = cell_data(cell)
+    net, _ = pretrain(split, config.featnet_spec())  # trained on the split's training part, not on all of digits
+    expected = set_metrics(synthetic_set(cell), split, net, 3, seeding.generator(config.seed, seeding.ANALYSIS_REAL))
+    assert got == pytest.approx(expected)
+    full_net, _ = pretrain(digits, config.featnet_spec())
+    assert not torch.equal(next(net.parameters()), next(full_net.parameters()))
