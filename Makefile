@@ -31,7 +31,8 @@ notebooks: setup
 test: setup
 	DISTILL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests --nbval-lax notebooks
 
-# Notebook 07's widget panel in real JupyterLab + headless Chromium (Playwright); skips without Debian's chromium.
+# Notebook 07's widget panel in real JupyterLab + headless Chromium (Playwright); skips without Debian's chromium
+# (BROWSER_CHECK_FLAGS=--strict: fail instead).
 browser-check: setup
 	$(PY) -m pip install -q playwright
-	$(PY) tools/browser_check.py
+	$(PY) tools/browser_check.py $(BROWSER_CHECK_FLAGS)

@@ -55,7 +55,10 @@ def missing_prerequisite() -> str | None:
 
 
 def find_chromium() -> str | None:
-    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    """$CHROMIUM if set (a path or a command name), else Debian's chromium on the PATH."""
+    if os.environ.get("CHROMIUM"):
+        return shutil.which(os.environ["CHROMIUM"])
+    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def free_port() -> int:
