@@ -7,7 +7,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 # The offline data folder beside the checkout, when there is one (benchmarks and full notebooks use it).
 export DISTILL_DATA ?= $(abspath $(wildcard ../shared/data))
 
-.PHONY: setup run test unit notebooks clean-notebooks
+.PHONY: setup run test unit notebooks clean-notebooks browser-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,9 @@ notebooks: setup
 
 test: setup
 	DISTILL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests --nbval-lax notebooks
+
+# Notebook 07's widget panel in real JupyterLab + headless Chromium (Playwright); skips without Debian's chromium
+# (BROWSER_CHECK_FLAGS=--strict: fail instead).
+browser-check: setup
+	$(PY) -m pip install -q playwright
+	$(PY) tools/browser_check.py $(BROWSER_CHECK_FLAGS)

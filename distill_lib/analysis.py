@@ -19,7 +19,9 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 
+from . import seeding
 from .data import RealData
+from .featnet import FeatNetSpec, pretrain
 from .synthetic import SyntheticSet
 
 
@@ -78,6 +80,36 @@ def _class_centres(features: torch.Tensor, labels: torch.Tensor) -> tuple[list[t
     labels = torch.as_tensor(labels)
     groups = [features[labels == c] for c in torch.unique(labels)]
     return groups, torch.stack([g.mean(0) for g in groups])
+
+
+def centre_sq_distances(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distance of every point to its class centre (float64): the d^2 inside CC's exp(alpha d^2)."""
+    features, labels = torch.as_tensor(features).double(), torch.as_tensor(labels)
+    sq = torch.empty(len(labels), dtype=torch.float64)
+    for c in torch.unique(labels):
+        group = features[labels == c]
+        sq[labels == c] = ((group - group.mean(0)) ** 2).sum(1)
+    return sq
+
+
+def cc_alpha(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """1 / the median of :func:`centre_sq_distances`: an alpha for CC's paper form on the scale of these features.
+
+    With it exp(alpha d^2) is e at the median distance, so the hinge threshold beta reads in the same units for any
+    feature net (beta <= 1: every sample is pulled; beta = e: the closer half is left alone).
+    """
+    median = torch.quantile(centre_sq_distances(features, labels), 0.5).item()
+    if median <= 0:
+        raise ValueError("cc_alpha needs classes with spread (all points sit on their class centre)")
+    return 1.0 / median
+
+
+def featnet_cc_alpha(data: RealData, spec: FeatNetSpec, per_class: int = 50) -> float:
+    """:func:`cc_alpha` of ``per_class`` real training images per class in the feature net of ``spec`` (pretrained on
+    ``data``, cached), rounded to 3 significant digits so configs built from it read (and hash) cleanly."""
+    net, _ = pretrain(data, spec)
+    feats = real_features(data, net, per_class, seeding.generator(spec.seed, seeding.ANALYSIS_REAL), split="train")
+    return float(f"{cc_alpha(*feats):.3g}")
 
 
 def intra_class_spread(features: torch.Tensor, labels: torch.Tensor) -> float:
@@ -147,6 +179,15 @@ def discrimination_metrics(features: torch.Tensor, labels: torch.Tensor, query_f
     if query_feats is not None:
         metrics["knn_accuracy"] = knn_accuracy(features, labels, query_feats, query_labels, k)
     return metrics
+
+
+def set_metrics(syn: SyntheticSet, data: RealData, net: nn.Module, real_per_class: int,
+                generator: torch.Generator, k: int = 1) -> dict[str, float]:
+    """:func:`discrimination_metrics` of a synthetic set in ``net``'s embedding, with ``real_per_class`` images per
+    class of ``data``'s test split (a validation split's held-out images for validation cells) as k-NN queries."""
+    feats, labels = features_of(syn, net)
+    query_feats, query_labels = real_features(data, net, real_per_class, generator, split="test")
+    return discrimination_metrics(feats, labels, query_feats, query_labels, k)
 
 
 # ----------------------------------------------------------------------------------------------------------------

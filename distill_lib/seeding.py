@@ -46,3 +46,7 @@ CONTINUAL = 23
 QUEUE_NET_INIT = 31
 QUEUE_SAMPLE = 32
 QUEUE_TRAIN = 33
+# Analysis and widgets (distill_lib.analysis, distill_lib.widgets): the real images shown next to a synthetic set and
+# the random ConvNet whose features are pictured.
+ANALYSIS_REAL = 41
+ANALYSIS_NET = 42

@@ -7,6 +7,10 @@ minus k images per class and tests on those k, never on the real test set.
 
 Under torchrun the cells not yet in the cache are dealt over the ranks; each rank computes its cells alone into the
 shared cache (its folder must be shared by all nodes for "never rerun" to hold across nodes and jobs).
+
+The synthetic set of a cell is cached too (as the distiller's state, in the "synthetic" namespace, keyed without the
+evaluation protocol), so analysing a set, evaluating it under another protocol, or distilling the same config for
+more iterations (:func:`synthetic_sets`, which resumes from the longest shorter run) never repeats finished work.
 """
 from __future__ import annotations
 
@@ -15,11 +19,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
-from . import distributed
+from . import distributed, seeding
+from .analysis import set_metrics
 from .cache import DiskCache
 from .data import RealData, load_dataset
-from .distill import DistillConfig, distill
+from .distill import DistillConfig, Distiller
 from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
+from .featnet import pretrain
+from .synthetic import SyntheticSet
 from .train import resolve_device
 
 METHODS = ("distill", "random")
@@ -54,15 +61,55 @@ def cell_data(cell: Cell, root=None) -> RealData:
     return data.validation_split(cell.validation) if cell.validation else data
 
 
+def synthetic_sets(cell: Cell, iterations: list[int], root=None,
+                   cache: DiskCache | None = None) -> dict[int, SyntheticSet]:
+    """The cell's distilled set after each number of ``iterations``, from one run, each cached on disk.
+
+    Each checkpoint is the cell with ``config.iterations = n``; a missing one is distilled by resuming the state of the
+    previous (shorter) checkpoint, which gives exactly the result of an uninterrupted run of n iterations.
+    """
+    if cell.method != "distill":
+        raise ValueError(f"only 'distill' cells have distillation checkpoints, not {cell.method!r}")
+    if not iterations or min(iterations) < 1:
+        raise ValueError(f"iterations must be a non-empty list of numbers >= 1, got {iterations}")
+    cache = cache or DiskCache("synthetic")
+    full = load_dataset(cell.config.dataset, root)  # mean, std and class names of the sets
+    data, state, sets = None, None, {}  # the cell's data is split only when something has to be distilled
+    for n in sorted(set(iterations)):
+        config = replace(cell.config, iterations=n)
+
+        def compute(config=config, previous=state) -> dict:
+            nonlocal data
+            if data is None:
+                data = cell_data(cell, root)
+            run = Distiller(config, data, progress=False)
+            if previous is not None:
+                run.load_state_dict(previous)
+            while run.iteration < config.iterations:
+                run.step()
+            return {**run.state_dict(), "labels": run.labels(), "factor": run.factor}
+
+        state = cache.get_or_compute({"config": config.identity(), "validation": cell.validation}, compute)
+        sets[n] = SyntheticSet(state["images"], state["labels"], full.mean, full.std, list(full.classes),
+                               state["config"], state["history"], state["factor"])
+    return sets
+
+
+def synthetic_set(cell: Cell, root=None, cache: DiskCache | None = None) -> SyntheticSet:
+    """The set a cell evaluates: its distilled set (cached, see :func:`synthetic_sets`) or its random subset."""
+    if cell.method == "random":
+        return random_subset(cell_data(cell, root), cell.config.ipc, cell.config.seed)
+    return synthetic_sets(cell, [cell.config.iterations], root, cache)[cell.config.iterations]
+
+
 def run_cell(cell: Cell, root=None, cache: DiskCache | None = None, verbose: bool = True) -> EvalResult:
-    """The accuracies of one cell, from the cache when it was measured before."""
+    """The accuracies of one cell, from the cache when it was measured before (its set from the set cache)."""
     cache = cache or DiskCache("sweep")
 
     def compute() -> dict:
         data = cell_data(cell, root)
         start = time.perf_counter()
-        syn = (random_subset(data, cell.config.ipc, cell.config.seed) if cell.method == "random"
-               else distill(cell.config, data, progress=False))
+        syn = synthetic_set(cell, root, DiskCache("synthetic", cache.dir.parent))
         made = time.perf_counter() - start
         result = evaluate(syn, data, cell.protocol)
         if verbose:
@@ -74,9 +121,20 @@ def run_cell(cell: Cell, root=None, cache: DiskCache | None = None, verbose: boo
     return EvalResult(tuple(value["accuracies"]), asdict(cell.protocol))
 
 
+def cell_metrics(cell: Cell, root=None, real_per_class: int = 50) -> dict[str, float]:
+    """Class-discrimination metrics (:func:`analysis.set_metrics`) of the cell's set in the embedding of its config's
+    CC feature net, pretrained on the cell's data (so a validation cell never sees the test set), with
+    ``real_per_class`` of the cell's held-out images per class as k-NN queries. Cheap next to the cell itself."""
+    data = cell_data(cell, root)
+    net, _ = pretrain(data, cell.config.featnet_spec())
+    return set_metrics(synthetic_set(cell, root), data, net, real_per_class,
+                       seeding.generator(cell.config.seed, seeding.ANALYSIS_REAL))
+
+
 def describe(cell: Cell) -> str:
     c = cell.config
-    what = "random" if cell.method == "random" else f"{c.label()} {c.iterations} it"
+    paper = f" (CC paper form, beta {c.cc_beta:g})" if c.cc and c.cc_form == "paper" else ""
+    what = "random" if cell.method == "random" else f"{c.label()}{paper} {c.iterations} it"
     where = f"val{cell.validation}" if cell.validation else "test"
     return f"{c.dataset} ipc{c.ipc} {what} seed{c.seed} ({where})"
 

@@ -7,9 +7,12 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from distill_lib.analysis import (discrimination_metrics, extract_features, features_of, inter_class_distance,
-                                  intra_class_spread, knn_accuracy, plot_tsne, real_features, silhouette,
-                                  spread_ratio, tsne_2d)
+from distill_lib import seeding
+from distill_lib.analysis import (cc_alpha, centre_sq_distances, discrimination_metrics, extract_features,
+                                  featnet_cc_alpha, features_of, inter_class_distance, intra_class_spread,
+                                  knn_accuracy, plot_tsne, real_features, set_metrics, silhouette, spread_ratio,
+                                  tsne_2d)
+from distill_lib.featnet import FeatNetSpec, pretrain
 from distill_lib.models import get_model
 from distill_lib.synthetic import SyntheticSet
 
@@ -48,6 +51,52 @@ def test_tight_clusters_score_better_than_overlapping_ones():
     assert spread_ratio(*overlap) > 1.0
     assert silhouette(*tight) > 0.9
     assert silhouette(*overlap) < 0.2
+
+
+def test_two_tight_vs_two_overlapping_clusters_by_hand():
+    """Every metric on two toy sets, against values worked out on paper."""
+    # Tight: classes at x = 0 and x = 10, each with points at y = 0 and 1. Every point lies 0.5 from its centre; the
+    # centres are 10 apart. Point (0, 0): a = 1 (its classmate), b = mean(10, sqrt(101)) -> s = 1 - a / b, the same
+    # for all four points by symmetry.
+    tight = torch.tensor([[0.0, 0.0], [0.0, 1.0], [10.0, 0.0], [10.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    queries, truth = torch.tensor([[0.0, 0.4], [10.0, 0.6], [3.0, 0.0]]), torch.tensor([0, 1, 0])
+    m = discrimination_metrics(tight, labels, queries, truth)
+    assert m["intra_class_spread"] == pytest.approx(0.5) and m["inter_class_distance"] == pytest.approx(10.0)
+    assert m["spread_ratio"] == pytest.approx(0.05)
+    assert m["silhouette"] == pytest.approx(1 - 2 / (10 + math.sqrt(101)))
+    assert m["knn_accuracy"] == 1.0
+
+    # Overlapping: class 0 at x = 0, 2 and class 1 at x = 1, 3 on a line. Centres 1 and 2 (distance 1), every point 1
+    # from its centre (ratio 1). Silhouettes (a = 2 for all): x=0: b = mean(1, 3) = 2 -> 0; x=2: b = 1 -> -0.5;
+    # x=1: b = 1 -> -0.5; x=3: b = mean(3, 1) = 2 -> 0; mean -0.25. Queries 0.4 (0), 1.6 (0), 2.4 (1), 0.6 (1): the
+    # nearest prototypes are 0 (0), 2 (0), 2 (0: wrong), 1 (1) -> 3/4.
+    overlap = torch.tensor([[0.0], [2.0], [1.0], [3.0]])
+    queries, truth = torch.tensor([[0.4], [1.6], [2.4], [0.6]]), torch.tensor([0, 0, 1, 1])
+    m = discrimination_metrics(overlap, labels, queries, truth)
+    assert m["intra_class_spread"] == pytest.approx(1.0) and m["inter_class_distance"] == pytest.approx(1.0)
+    assert m["spread_ratio"] == pytest.approx(1.0)
+    assert m["silhouette"] == pytest.approx(-0.25)
+    assert m["knn_accuracy"] == pytest.approx(0.75)
+
+
+def test_centre_sq_distances_and_cc_alpha_by_hand():
+    # FOUR: class 0 points 1 from their centre, class 1 points 3 from theirs -> squared 1, 1, 9, 9; median 5.
+    torch.testing.assert_close(centre_sq_distances(FOUR, FOUR_LABELS), torch.tensor([1.0, 1, 9, 9], dtype=torch.float64))
+    assert cc_alpha(FOUR, FOUR_LABELS) == pytest.approx(1 / 5)
+    shuffled = torch.tensor([2, 0, 3, 1])  # labels need not be sorted or class-major
+    torch.testing.assert_close(centre_sq_distances(FOUR[shuffled], FOUR_LABELS[shuffled]),
+                               torch.tensor([9.0, 1, 9, 1], dtype=torch.float64))
+    with pytest.raises(ValueError, match="spread"):
+        cc_alpha(torch.ones(4, 2), FOUR_LABELS)
+
+
+def test_featnet_cc_alpha_uses_real_training_features(digits):
+    spec = FeatNetSpec(arch="convnet", epochs=1, per_class=20)
+    alpha = featnet_cc_alpha(digits, spec, per_class=5)
+    net, _ = pretrain(digits, spec)
+    feats = real_features(digits, net, 5, seeding.generator(spec.seed, seeding.ANALYSIS_REAL), split="train")
+    assert alpha == pytest.approx(cc_alpha(*feats), rel=5e-3) and alpha == float(f"{alpha:.3g}")
 
 
 def test_silhouette_needs_a_class_with_two_samples():
@@ -124,6 +173,17 @@ def test_real_features_seeded_per_class_sample(digits):
     assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
     with pytest.raises(ValueError, match="split"):
         real_features(digits, net, 3, torch.Generator(), split="val")
+
+
+def test_set_metrics_combines_synthetic_and_real_test_features(digits):
+    net = small_convnet(digits)
+    syn = SyntheticSet(digits.normalize(digits.x_train[:40]), digits.y_train[:40], digits.mean, digits.std,
+                       digits.classes)
+    got = set_metrics(syn, digits, net, 4, seeding.generator(0, seeding.ANALYSIS_REAL))
+    feats, labels = features_of(syn, net)
+    queries = real_features(digits, net, 4, seeding.generator(0, seeding.ANALYSIS_REAL), split="test")
+    assert got == pytest.approx(discrimination_metrics(feats, labels, *queries), nan_ok=True)
+    assert set(got) >= {"spread_ratio", "silhouette", "knn_accuracy"}
 
 
 def test_tsne_2d_shapes_and_determinism():

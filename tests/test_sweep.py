@@ -1,0 +1,154 @@
+"""Tests for distill_lib.sweep: cell caching (hit, miss, corrupt file), the set cache and its resumed checkpoints,
+validation cells, the tidy records of a sweep, and the metrics of a cell's set."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from distill_lib import seeding, sweep
+from distill_lib.analysis import set_metrics
+from distill_lib.cache import DiskCache
+from distill_lib.distill import DistillConfig, Distiller, distill
+from distill_lib.evaluate import EvalProtocol, evaluate, random_subset
+from distill_lib.featnet import pretrain
+from distill_lib.sweep import Cell, cell_data, grid, pooled, run_cell, synthetic_set, synthetic_sets
+
+BASE = DistillConfig(dataset="digits", ipc=2, iterations=3, batch_real=8, net_width=8, device="cpu")
+PROTOCOL = EvalProtocol(epochs=1, num_models=1, device="cpu")
+
+
+class Calls:
+    """Counts the distillation steps and evaluations the sweep runs, by wrapping the library's functions."""
+
+    def __init__(self, monkeypatch):
+        self.steps = self.evaluations = 0
+        step, evaluate_ = Distiller.step, sweep.evaluate
+
+        def counting_step(run):
+            self.steps += 1
+            return step(run)
+
+        def counting_evaluate(*args, **kwargs):
+            self.evaluations += 1
+            return evaluate_(*args, **kwargs)
+
+        monkeypatch.setattr(Distiller, "step", counting_step)
+        monkeypatch.setattr(sweep, "evaluate", counting_evaluate)
+
+
+@pytest.fixture
+def calls(monkeypatch, digits):
+    return Calls(monkeypatch)
+
+
+def test_identical_cell_is_a_hit_changed_cell_a_miss(calls):
+    first = run_cell(Cell(BASE, PROTOCOL), verbose=False)
+    assert (calls.steps, calls.evaluations) == (3, 1) and len(first.accuracies) == 1
+    assert run_cell(Cell(BASE, PROTOCOL), verbose=False) == first  # hit: nothing recomputed
+    assert (calls.steps, calls.evaluations) == (3, 1)
+
+    other_protocol = run_cell(Cell(BASE, replace(PROTOCOL, epochs=2)), verbose=False)
+    assert (calls.steps, calls.evaluations) == (3, 2)  # a new evaluation of the cached set
+    assert other_protocol.protocol["epochs"] == 2
+
+    run_cell(Cell(replace(BASE, lr_img=0.5), PROTOCOL), verbose=False)
+    assert (calls.steps, calls.evaluations) == (6, 3)  # a changed distillation config: both recomputed
+
+
+def test_cell_matches_distill_then_evaluate(digits, calls):
+    expected = evaluate(distill(BASE, digits, progress=False), digits, PROTOCOL)
+    assert run_cell(Cell(BASE, PROTOCOL), verbose=False).accuracies == expected.accuracies
+    random = run_cell(Cell(BASE, PROTOCOL, method="random"), verbose=False)
+    assert random.accuracies == evaluate(random_subset(digits, 2, 0), digits, PROTOCOL).accuracies
+
+
+def test_corrupt_cell_file_is_recomputed_with_a_warning(calls):
+    cell = Cell(BASE, PROTOCOL)
+    first = run_cell(cell, verbose=False)
+    DiskCache("sweep").path(cell.key()).write_bytes(b"not a torch file")
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = run_cell(cell, verbose=False)
+    assert again == first and calls.evaluations == 2
+    assert calls.steps == 3  # the cached synthetic set was still good: only the evaluation was redone
+
+
+def test_corrupt_set_file_is_redistilled_with_a_warning(calls):
+    cell = Cell(BASE, PROTOCOL)
+    first = synthetic_set(cell)
+    next(DiskCache("synthetic").dir.iterdir()).write_bytes(b"")
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = synthetic_set(cell)
+    assert torch.equal(again.images, first.images) and calls.steps == 6
+
+
+def test_checkpoints_resume_to_the_uninterrupted_result(digits, calls):
+    cell = Cell(replace(BASE, cm=True), PROTOCOL)
+    sets = synthetic_sets(cell, [4, 2])
+    assert sorted(sets) == [2, 4] and calls.steps == 4  # one run: 2 steps, saved, 2 more
+    for n, syn in sets.items():
+        direct = distill(replace(cell.config, iterations=n), digits, progress=False)
+        assert torch.equal(syn.images, direct.images) and torch.equal(syn.labels, direct.labels)
+        assert [h["loss"] for h in syn.history] == [h["loss"] for h in direct.history]
+        assert syn.config["iterations"] == n and syn.mean == digits.mean
+    assert calls.steps == 4 + 6  # the two direct runs
+
+    longer = synthetic_sets(cell, [2, 4, 7])
+    assert calls.steps == 10 + 3  # 2 and 4 cached; 7 resumed from 4
+    assert torch.equal(longer[4].images, sets[4].images)
+    assert torch.equal(synthetic_set(replace(cell, config=replace(cell.config, iterations=7))).images,
+                       longer[7].images) and calls.steps == 13  # the plain cell is the same cache entry
+
+
+def test_synthetic_sets_rejects_bad_requests():
+    with pytest.raises(ValueError, match="only 'distill' cells"):
+        synthetic_sets(Cell(BASE, PROTOCOL, method="random"), [2])
+    with pytest.raises(ValueError, match="iterations must be"):
+        synthetic_sets(Cell(BASE, PROTOCOL), [0, 2])
+    with pytest.raises(ValueError, match="iterations must be"):
+        synthetic_sets(Cell(BASE, PROTOCOL), [])
+
+
+def test_validation_cell_never_sees_the_test_set(digits, monkeypatch):
+    seen = []
+    evaluate_ = sweep.evaluate
+
+    def spy(syn, data, protocol):
+        seen.append(data)
+        return evaluate_(syn, data, protocol)
+
+    monkeypatch.setattr(sweep, "evaluate", spy)
+    run_cell(Cell(BASE, PROTOCOL, validation=5), verbose=False)
+    (data,) = seen
+    assert len(data.y_test) == 5 * digits.num_classes  # tested on the held-out training images
+    assert len(data.x_train) == len(digits.x_train) - 5 * digits.num_classes
+    held_out = {tuple(x.flatten().tolist()) for x in data.x_test}
+    assert not held_out & {tuple(x.flatten().tolist()) for x in data.x_train}
+    assert torch.equal(cell_data(Cell(BASE, PROTOCOL, validation=5)).x_test, data.x_test)
+    with pytest.raises(ValueError, match="validation must be >= 0"):
+        Cell(BASE, PROTOCOL, validation=-1)
+
+
+def test_sweep_records_one_tidy_row_per_config(calls):
+    configs = grid(BASE, lr_img=[1.0, 0.5], seed=[0, 1])
+    assert [(c.lr_img, c.seed) for c in configs] == [(1.0, 0), (1.0, 1), (0.5, 0), (0.5, 1)]
+    records = sweep.sweep(configs[:2], PROTOCOL, verbose=False)
+    assert [r["seed"] for r in records] == [0, 1] and all(r["validation"] == 0 for r in records)
+    for record, config in zip(records, configs):
+        result = run_cell(Cell(config, PROTOCOL), verbose=False)
+        assert record["accuracies"] == result.accuracies
+        assert record["mean"] == pytest.approx(result.mean) and record["std"] == pytest.approx(result.std)
+    both = pooled([run_cell(Cell(c, PROTOCOL), verbose=False) for c in configs[:2]])
+    assert both.accuracies == records[0]["accuracies"] + records[1]["accuracies"]
+    assert calls.evaluations == 2  # the checks above were cache hits
+
+
+def test_cell_metrics_in_the_cells_own_feature_net(digits):
+    config = replace(BASE, featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+    cell = Cell(config, PROTOCOL, validation=5)
+    got = sweep.cell_metrics(cell, real_per_class=3)
+    split = cell_data(cell)
+    net, _ = pretrain(split, config.featnet_spec())  # trained on the split's training part, not on all of digits
+    expected = set_metrics(synthetic_set(cell), split, net, 3, seeding.generator(config.seed, seeding.ANALYSIS_REAL))
+    assert got == pytest.approx(expected)
+    full_net, _ = pretrain(digits, config.featnet_spec())
+    assert not torch.equal(next(net.parameters()), next(full_net.parameters()))
