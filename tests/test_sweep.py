@@ -62,6 +62,16 @@ def test_cell_matches_distill_then_evaluate(digits, calls):
     assert random.accuracies == evaluate(random_subset(digits, 2, 0), digits, PROTOCOL).accuracies
 
 
+def test_idm_cell_set_keeps_its_partitions(digits):
+    """A cached IDM set is the distilled one, factor included, so evaluation trains on the decoded tiles."""
+    config = replace(BASE, method="idm", iterations=2, queue_length=2, queue_push_interval=1, queue_train_nets=1,
+                     queue_train_steps=1, queue_batch=8)
+    cached = synthetic_set(Cell(config, PROTOCOL))
+    direct = distill(config, digits, progress=False)
+    assert cached.factor == direct.factor == 2
+    assert torch.equal(cached.images, direct.images) and torch.equal(cached.decoded()[0], direct.decoded()[0])
+
+
 def test_corrupt_cell_file_is_recomputed_with_a_warning(calls):
     cell = Cell(BASE, PROTOCOL)
     first = run_cell(cell, verbose=False)
