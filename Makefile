@@ -28,11 +28,12 @@ unit: setup
 notebooks: setup
 	DISTILL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
 
+# One thread per process (the notebook kernels too): on 2 shared cores, two intra-op threads spin against any other job.
 test: setup
-	DISTILL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests --nbval-lax notebooks
+	OMP_NUM_THREADS=1 DISTILL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest tests --nbval-lax notebooks
 
 # Notebook 07's widget panel in real JupyterLab + headless Chromium (Playwright); skips without Debian's chromium
 # (BROWSER_CHECK_FLAGS=--strict: fail instead).
 browser-check: setup
-	$(PY) -m pip install -q playwright
+	$(PY) -m pip install -q playwright || echo "playwright could not be installed; the check will skip"
 	$(PY) tools/browser_check.py $(BROWSER_CHECK_FLAGS)
