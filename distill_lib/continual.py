@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import operator
 import statistics
 from dataclasses import dataclass
 
@@ -33,12 +34,21 @@ DISTILLED = ("dm", "dm_cc_cm")
 
 @dataclass(frozen=True)
 class Scenario:
-    """Classes ``0 .. num_classes - 1`` split into tasks; every class belongs to exactly one task."""
+    """Classes ``0 .. num_classes - 1`` split into tasks; every class belongs to exactly one task.
+
+    ``tasks`` is stored as a tuple of tuples of ints, so a validated scenario cannot be changed afterwards (a list
+    appended to later would break the partition) and scenarios hash, e.g. as dict keys.
+    """
 
     num_classes: int
-    tasks: list[list[int]]
+    tasks: tuple[tuple[int, ...], ...]
 
     def __post_init__(self):
+        try:
+            tasks = tuple(tuple(operator.index(c) for c in task) for task in self.tasks)
+        except TypeError:
+            raise ValueError(f"tasks must be sequences of integer class indices, got {self.tasks!r}") from None
+        object.__setattr__(self, "tasks", tasks)
         flat = [c for task in self.tasks for c in task]
         if not self.tasks or any(not task for task in self.tasks) or sorted(flat) != list(range(self.num_classes)):
             raise ValueError(f"tasks {self.tasks} are not a partition of classes 0..{self.num_classes - 1} "

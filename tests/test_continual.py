@@ -42,12 +42,26 @@ def test_scenario_is_seeded():
     assert len(orders) == 4  # different seeds, different class orders
 
 
+def test_scenario_is_immutable_and_hashable():
+    tasks = [[2, 0], [1]]
+    scenario = Scenario(3, tasks)
+    tasks[0].append(1)  # the caller's list changing later does not reach the validated scenario
+    assert scenario.tasks == ((2, 0), (1,))
+    assert {make_scenario(10, 5, seed=1): "a"}[make_scenario(10, 5, seed=1)] == "a"
+
+
 def test_scenario_bad_input():
     for num_tasks in (0, 11):
         with pytest.raises(ValueError, match="num_tasks"):
             make_scenario(10, num_tasks)
     with pytest.raises(ValueError, match="partition"):
         Scenario(3, [[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match="partition"):
+        Scenario(3, [[0, 1], []])
+    with pytest.raises(ValueError, match="partition"):
+        Scenario(4, [[0, 1], [2]])  # class 3 never arrives
+    with pytest.raises(ValueError, match="integer class indices"):
+        Scenario(2, [[0.0], [1.0]])
     with pytest.raises(ValueError, match="out of range"):
         make_scenario(4, 2).seen(2)
 
