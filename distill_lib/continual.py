@@ -25,6 +25,9 @@ from .models import MODEL_NAMES, get_model
 from .synthetic import SyntheticSet
 from .train import TrainSpec, accuracy, resolve_device, train_classifier
 
+# IDM hook: IDM variants belong in BUILDERS and DISTILLED, with Builder.distill_config switching IDM on, and
+# _BUILD mapping them to _distilled. Nothing else changes: a distilled memory keeps its SyntheticSet's partition
+# factor through the cache, and memory_union and the learner train on the decoded images.
 BUILDERS = ("random", "herding", "dm", "dm_cc_cm")
 DISTILLED = ("dm", "dm_cc_cm")
 
@@ -139,9 +142,12 @@ def herding(features: torch.Tensor, m: int) -> torch.Tensor:
     return torch.tensor(picks)
 
 
+# Each builder returns (stored images, class-major, ``ipc`` per class; partition factor of those images).
+
 def _random(data: RealData, classes: list[int], ipc: int, seed: int, builder: Builder, progress: bool):
     """The same per-class draws as :func:`evaluate.random_subset`, so class c's memory is that baseline's rows."""
-    return torch.cat([data.sample_real(c, ipc, seeding.generator(seed, seeding.RANDOM_SUBSET, c)) for c in classes])
+    images = [data.sample_real(c, ipc, seeding.generator(seed, seeding.RANDOM_SUBSET, c)) for c in classes]
+    return torch.cat(images), 1
 
 
 @torch.no_grad()
@@ -158,7 +164,7 @@ def _herding(data: RealData, classes: list[int], ipc: int, seed: int, builder: B
         x = data.normalize(data.x_train[data.class_indices(c)])
         feats = torch.cat([net.embed(part.to(device)).cpu() for part in x.split(256)])
         picked.append(x[herding(nn.functional.normalize(feats, dim=1), ipc)])
-    return torch.cat(picked)
+    return torch.cat(picked), 1
 
 
 def _distilled(data: RealData, classes: list[int], ipc: int, seed: int, builder: Builder, progress: bool):
@@ -172,8 +178,8 @@ def _distilled(data: RealData, classes: list[int], ipc: int, seed: int, builder:
     couplings remain: the real batch is capped by the smallest class of the whole set, and CC's feature net is
     pretrained on the whole training set, as in the authors' code, so dm_cc_cm memories see later classes through it.
     """
-    config = builder.distill_config(data.name, ipc, seed)
-    return distill(config, data, progress=progress).images
+    syn = distill(builder.distill_config(data.name, ipc, seed), data, progress=progress)
+    return syn.images, syn.factor
 
 
 _BUILD = {"random": _random, "herding": _herding, "dm": _distilled, "dm_cc_cm": _distilled}
@@ -185,7 +191,8 @@ def build_memory(data: RealData, classes, builder: str | Builder, ipc: int, seed
 
     Cached on disk (``DiskCache("continual")``) under the builder, its settings, the data set, classes, ipc and seed,
     so a memory is built once and a hit returns the same tensors. DM memories of a class group are the rows of one
-    whole-data distillation, itself cached under all classes (see :func:`_distilled`).
+    whole-data distillation, itself cached under all classes (see :func:`_distilled`). A distilled memory keeps the
+    partition factor of the set it came from (1 for DM).
     """
     builder = builder if isinstance(builder, Builder) else Builder(builder)
     classes = sorted(int(c) for c in classes)
@@ -195,20 +202,24 @@ def build_memory(data: RealData, classes, builder: str | Builder, ipc: int, seed
     if not 1 <= ipc <= data.class_count(smallest):
         raise ValueError(f"ipc must be in 1..{data.class_count(smallest)} (training images of class {smallest}), "
                          f"got {ipc}")
-    key = {"method": "continual_memory", "builder": builder.name, "settings": builder.settings(data.name, ipc, seed),
+    # version: the layout of the stored value (2: images and partition factor), so older entries are never misread
+    key = {"method": "continual_memory", "version": 2, "builder": builder.name, "settings": builder.settings(data.name, ipc, seed),
            "dataset": data.name, "source": data.source, "n_train": len(data.x_train), "classes": classes,
            "ipc": ipc, "seed": seed}
     every = list(range(data.num_classes))
 
-    def compute() -> torch.Tensor:
+    def compute() -> dict:
         if builder.name in DISTILLED and classes != every:
             whole = build_memory(data, every, builder, ipc, seed, progress)
-            return whole.images.view(data.num_classes, ipc, *whole.images.shape[1:])[classes].flatten(0, 1)
-        return _BUILD[builder.name](data, classes, ipc, seed, builder, progress)
+            rows = whole.images.view(data.num_classes, ipc, *whole.images.shape[1:])[classes].flatten(0, 1)
+            return {"images": rows, "factor": whole.factor}
+        images, factor = _BUILD[builder.name](data, classes, ipc, seed, builder, progress)
+        return {"images": images, "factor": factor}
 
-    images = DiskCache("continual").get_or_compute(key, compute)
+    value = DiskCache("continual").get_or_compute(key, compute)
     labels = torch.tensor(classes).repeat_interleave(ipc)
-    return SyntheticSet(images, labels, data.mean, data.std, list(data.classes), key)
+    return SyntheticSet(value["images"], labels, data.mean, data.std, list(data.classes), key,
+                        factor=value["factor"])
 
 
 def memory_union(sets: list[SyntheticSet]) -> SyntheticSet:

@@ -163,6 +163,22 @@ def test_memory_union(digits):
         memory_union([])
 
 
+def test_partitioned_memories_flow_through_to_the_learner(digits, monkeypatch):
+    """The IDM hook: a distilled set with partition factor 2 gives memories of factor 2 whose decoded view (4 images
+    per stored one) is what the learner trains on."""
+    real_distill = continual.distill
+    monkeypatch.setattr(continual, "distill", lambda *a, **k: dataclasses.replace(real_distill(*a, **k), factor=2))
+    memory = build_memory(digits, [2, 5], BUILDER["dm"], ipc=2)
+    assert memory.factor == 2 and memory.images.shape == (4, 1, 16, 16)
+    assert build_memory(digits, [2, 5], BUILDER["dm"], ipc=2).factor == 2  # from the cache
+    trained_on = []
+    monkeypatch.setattr(continual, "train_classifier", lambda net, x, y, *a, **k: trained_on.append(y) or [])
+    scenario = Scenario(10, [[2, 5], [0, 1, 3, 4, 6, 7, 8, 9]])
+    run_continual(digits, scenario, BUILDER["dm"], ipc=2, train_spec=FAST, device="cpu")
+    assert sorted(trained_on[0].tolist()) == [2] * 8 + [5] * 8
+    assert len(trained_on[1]) == 10 * 2 * 4
+
+
 # ---------------------------------------------------------------- the cache
 
 def counting(monkeypatch, name):
