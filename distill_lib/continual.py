@@ -262,26 +262,44 @@ class ContinualResult:
 
 def run_continual(data: RealData, scenario: Scenario, builder: str | Builder, ipc: int,
                   train_spec: TrainSpec = TrainSpec(), seed: int = 0, model: str = "convnet", device: str = "auto",
-                  progress: bool = False) -> ContinualResult:
+                  progress: bool = False, memory_seed: int | None = None,
+                  cache: DiskCache | None = None) -> ContinualResult:
     """GDumb-style class-incremental learning: after each task, add that task's memory and train a fresh ``model``
-    (all ``data.num_classes`` outputs) from scratch on the whole memory; test it on the seen classes' test images."""
+    (all ``data.num_classes`` outputs) from scratch on the whole memory; test it on the seen classes' test images.
+
+    ``seed`` seeds the learner (initialisation and batches), ``memory_seed`` (default: ``seed``) the memories: class
+    orders and learner seeds can then share one set of memories (a DM memory costs minutes, a learner seconds).
+    ``cache``: the result is looked up there, else computed and stored, under its full config (data, tasks, builder
+    and its settings, ipc, both seeds, model, training), so an interrupted benchmark continues where it stopped.
+    """
     if scenario.num_classes != data.num_classes:
         raise ValueError(f"scenario has {scenario.num_classes} classes but {data.name!r} has {data.num_classes}")
+    if model not in MODEL_NAMES:
+        raise ValueError(f"unknown model {model!r}; known: {', '.join(MODEL_NAMES)}")
     builder = builder if isinstance(builder, Builder) else Builder(builder)
-    device = resolve_device(device)
-    x_test, y_test = data.test_tensors(device)
-    memories, accuracies, seen = [], [], []
-    for t, task in enumerate(scenario.tasks):
-        memories.append(build_memory(data, task, builder, ipc, seed, progress))
-        x, y = (v.to(device) for v in memory_union(memories).decoded())
-        net = get_model(model, data.channels, data.num_classes, data.image_size)
-        net.reset_parameters(seeding.generator(seed, seeding.CONTINUAL, t, 0))
-        net.to(device)
-        train_classifier(net, x, y, train_spec, seeding.generator(seed, seeding.CONTINUAL, t, 1),
-                         progress=progress and f"task {t + 1}/{scenario.num_tasks}")
-        seen.append(tuple(scenario.seen(t)))
-        mask = torch.isin(y_test, torch.tensor(seen[-1], device=device))
-        accuracies.append(accuracy(net, x_test[mask], y_test[mask]))
-    config = {"builder": builder.name, "settings": builder.settings(data.name, ipc, seed), "dataset": data.name,
-              "ipc": ipc, "seed": seed, "model": model, "train_spec": canonical(train_spec), "tasks": scenario.tasks}
-    return ContinualResult(tuple(accuracies), tuple(seen), config)
+    memory_seed = seed if memory_seed is None else memory_seed
+    config = {"method": "continual_run", "builder": builder.name,
+              "settings": builder.settings(data.name, ipc, memory_seed), "dataset": data.name, "source": data.source,
+              "n_train": len(data.x_train), "n_test": len(data.x_test), "ipc": ipc, "seed": seed,
+              "memory_seed": memory_seed, "model": model, "train_spec": canonical(train_spec),
+              "tasks": canonical(scenario.tasks)}
+
+    def compute() -> dict:
+        dev = resolve_device(device)
+        x_test, y_test = data.test_tensors(dev)
+        memories, accuracies = [], []
+        for t, task in enumerate(scenario.tasks):
+            memories.append(build_memory(data, task, builder, ipc, memory_seed, progress))
+            x, y = (v.to(dev) for v in memory_union(memories).decoded())
+            net = get_model(model, data.channels, data.num_classes, data.image_size)
+            net.reset_parameters(seeding.generator(seed, seeding.CONTINUAL, t, 0))
+            net.to(dev)
+            train_classifier(net, x, y, train_spec, seeding.generator(seed, seeding.CONTINUAL, t, 1),
+                             progress=progress and f"task {t + 1}/{scenario.num_tasks}")
+            mask = torch.isin(y_test, torch.tensor(scenario.seen(t), device=dev))
+            accuracies.append(accuracy(net, x_test[mask], y_test[mask]))
+        return {"accuracies": accuracies}
+
+    value = cache.get_or_compute(config, compute) if cache is not None else compute()
+    seen = tuple(tuple(scenario.seen(t)) for t in range(scenario.num_tasks))
+    return ContinualResult(tuple(value["accuracies"]), seen, config)

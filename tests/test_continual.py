@@ -260,6 +260,40 @@ def test_learner_trains_fresh_models_and_scores_seen_classes(digits, monkeypatch
                          device="cpu").accuracies == result.accuracies
 
 
+def test_memory_seed_is_separate_from_the_learner_seed(digits, monkeypatch):
+    runs = []
+    original = continual.train_classifier
+    monkeypatch.setattr(continual, "train_classifier",
+                        lambda net, x, y, *a, **k: runs.append((x.clone(), y.clone())) or original(net, x, y, *a, **k))
+    scenario = make_scenario(10, 2, seed=1)
+    shared = [run_continual(digits, scenario, "random", ipc=2, train_spec=FAST, seed=s, memory_seed=0, model="mlp",
+                            device="cpu") for s in (0, 1)]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(runs[:2], runs[2:4]))  # the same memories ...
+    assert shared[0].accuracies != shared[1].accuracies  # ... another learner
+    assert shared[1].config["seed"] == 1 and shared[1].config["memory_seed"] == 0
+    default = run_continual(digits, scenario, "random", ipc=2, train_spec=FAST, seed=1, model="mlp", device="cpu")
+    assert default.config["memory_seed"] == 1 and not torch.equal(runs[4][0], runs[0][0])  # memory_seed = seed
+
+
+def test_results_cached_under_their_full_config(digits, monkeypatch):
+    calls = counting(monkeypatch, "train_classifier")
+    cache = DiskCache("continual_runs")
+    scenario = make_scenario(10, 2, seed=0)
+    kwargs = dict(ipc=2, train_spec=FAST, seed=3, model="mlp", device="cpu", cache=cache)
+    first = run_continual(digits, scenario, "random", **kwargs)
+    assert len(calls) == 2
+    again = run_continual(digits, scenario, "random", **kwargs)
+    assert len(calls) == 2 and again == first  # read back, nothing trained
+    assert cache.get(first.config) == {"accuracies": list(first.accuracies)}
+    for change in ({"train_spec": dataclasses.replace(FAST, epochs=31)}, {"seed": 4}, {"memory_seed": 0},
+                   {"model": "lenet"}):
+        run_continual(digits, scenario, "random", **{**kwargs, **change})
+    run_continual(digits, make_scenario(10, 2, seed=1), "random", **kwargs)  # another class order
+    run_continual(digits, scenario, "herding", **kwargs)
+    assert len(calls) == 2 + 6 * 2
+    assert len(list(cache.dir.glob("*.pt"))) == 7
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_bad_input(digits):
@@ -274,3 +308,9 @@ def test_bad_input(digits):
         build_memory(digits, [1, 1], "random", ipc=2)
     with pytest.raises(ValueError, match="classes"):
         run_continual(digits, make_scenario(5, 2), "random", ipc=2, train_spec=FAST)
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        run_continual(digits, make_scenario(10, 2), "random", ipc=2, train_spec=FAST, model="resnet")
+    with pytest.raises(ValueError, match="unknown feature model"):
+        Builder("herding", feature_model="vit")
+    with pytest.raises(ValueError, match="cannot herd 0"):
+        herding(torch.zeros(3, 2), 0)
