@@ -157,14 +157,32 @@ def _herding(data: RealData, classes: list[int], ipc: int, seed: int, builder: B
     if net is None:
         net = get_model(builder.feature_model, data.channels, data.num_classes, data.image_size)
         net.reset_parameters(seeding.generator(seed, seeding.HERDING))
-    net.eval()
-    device = next(net.parameters(), torch.empty(0)).device
     picked = []
     for c in classes:
         x = data.normalize(data.x_train[data.class_indices(c)])
-        feats = torch.cat([net.embed(part.to(device)).cpu() for part in x.split(256)])
-        picked.append(x[herding(nn.functional.normalize(feats, dim=1), ipc)])
+        picked.append(x[herding(nn.functional.normalize(_embed(net, x), dim=1), ipc)])
     return torch.cat(picked), 1
+
+
+@torch.no_grad()
+def _embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``net.embed`` of ``x`` in eval mode, on the CPU; the net's train/eval flags and memory format are restored.
+
+    On a CPU in channels_last batches of 32, as :func:`train.predict` (measured 2.2x faster than NCHW batches of 256
+    for a random ConvNet on 28x28 images, one thread); elsewhere batches of 256.
+    """
+    device = next(net.parameters(), torch.empty(0)).device
+    on_cpu = device.type == "cpu"
+    memory_format = torch.channels_last if on_cpu else torch.contiguous_format
+    modes = [m.training for m in net.modules()]
+    net.eval().to(memory_format=memory_format)
+    try:
+        return torch.cat([net.embed(part.to(device).contiguous(memory_format=memory_format)).float().cpu()
+                          for part in x.split(32 if on_cpu else 256)])
+    finally:
+        net.to(memory_format=torch.contiguous_format)
+        for m, mode in zip(net.modules(), modes):
+            m.training = mode
 
 
 def _distilled(data: RealData, classes: list[int], ipc: int, seed: int, builder: Builder, progress: bool):

@@ -145,11 +145,25 @@ class Projection(nn.Module):
 def test_herding_builder_uses_the_given_net(digits):
     net = Projection()
     memory = build_memory(digits, [4, 1], Builder("herding", feature_net=net), ipc=4)
+    assert net.training  # the caller's net is left in the mode it was given in
     for c in (1, 4):
         x = digits.normalize(digits.x_train[digits.class_indices(c)])
         with torch.no_grad():
             expected = x[herding(nn.functional.normalize(net.embed(x), dim=1), 4)]
         assert torch.equal(memory.images[memory.labels == c], expected)
+
+
+def test_herding_embeds_a_convnet_as_a_plain_forward(digits):
+    """The channels_last batches of the herding builder give the features of one plain NCHW forward."""
+    net = continual.get_model("convnet", 1, 10, (16, 16))
+    net.reset_parameters(torch.Generator().manual_seed(0))
+    net.train()
+    x = digits.normalize(digits.x_train[:70])
+    with torch.no_grad():
+        expected = net.eval().embed(x)
+    net.train()
+    assert torch.allclose(continual._embed(net, x), expected, atol=1e-5)
+    assert net.training and net.body[0].weight.is_contiguous()
 
 
 def test_memory_union(digits):
