@@ -65,18 +65,19 @@ def plot(curves: dict, path: Path) -> None:
 
 def main() -> None:
     p = parser(__doc__, datasets=["fashion_mnist", "cifar10"], ipcs=[10], seeds=3)
-    p.set_defaults(eval_epochs=100, models=1)
+    # The default budget: about 70 minutes of one core of a loaded 2-core machine for both data sets (README).
+    p.set_defaults(iterations=50, eval_epochs=20, models=1)
     p.add_argument("--tasks", type=int, default=5, help="tasks the classes arrive in")
     p.add_argument("--builders", nargs="+", choices=BUILDERS, default=list(BUILDERS))
     p.add_argument("--memory-seed", type=int, default=0, help="seed of every memory (shared by the class orders)")
     p.add_argument("--lr", type=float, default=0.01, help="learner learning rate (x0.1 at half the epochs)")
     p.add_argument("--batch-size", type=int, default=256, help="learner batch size")
-    p.add_argument("--test-per-class", type=int, default=0,
+    p.add_argument("--test-per-class", type=int, default=200,
                    help="test on this many (seeded) test images per class; 0: the whole test set")
     p.add_argument("--herding-model", default="convnet", help="herding's seeded random feature net")
     p.add_argument("--featnet-arch", default="convnet", help="CC's feature net (DM+CC+CM)")
     p.add_argument("--featnet-epochs", type=int, default=2)
-    p.add_argument("--featnet-per-class", type=int, default=1000, help="training images per class for the feature net")
+    p.add_argument("--featnet-per-class", type=int, default=500, help="training images per class for the feature net")
     p.add_argument("--lambda-cc", type=float, default=DistillConfig.lambda_cc)
     p.add_argument("--lambda-cm", type=float, default=DistillConfig.lambda_cm)
     p.add_argument("--figure", default=str(REPO / "figures" / "continual_curves.png"), help="'' for none")
