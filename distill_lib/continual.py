@@ -13,6 +13,7 @@ import hashlib
 import operator
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -25,9 +26,9 @@ from .models import MODEL_NAMES, get_model
 from .synthetic import SyntheticSet
 from .train import TrainSpec, accuracy, resolve_device, train_classifier
 
-# IDM hook: IDM variants belong in BUILDERS and DISTILLED, with Builder.distill_config switching IDM on, and
-# _BUILD mapping them to _distilled. Nothing else changes: a distilled memory keeps its SyntheticSet's partition
-# factor through the cache, and memory_union and the learner train on the decoded images.
+# IDM hook: IDM variants belong in BUILDERS and DISTILLED, with Builder.distill_config switching IDM on. Nothing else
+# changes: a distilled memory keeps its SyntheticSet's partition factor through the cache, and memory_union and the
+# learner train on the decoded images.
 BUILDERS = ("random", "herding", "dm", "dm_cc_cm")
 DISTILLED = ("dm", "dm_cc_cm")
 
@@ -185,8 +186,11 @@ def _embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
             m.training = mode
 
 
-def _distilled(data: RealData, classes: list[int], ipc: int, seed: int, builder: Builder, progress: bool):
-    """DM (+CC+CM) on the whole data set; :func:`build_memory` caches it and serves class groups as its rows.
+_BUILD = {"random": _random, "herding": _herding}  # real subsets; build_memory calls them one class at a time
+
+
+def _distilled(data: RealData, ipc: int, seed: int, builder: Builder, progress: bool, checkpoint: Path):
+    """DM (+CC+CM) on the whole data set; :func:`build_memory` caches it and serves each class its rows.
 
     ``Distiller`` always distils every class of its RealData (each needs >= ipc images, and models need >= 2
     classes), so a class group cannot be distilled on its own. It need not be: DM's loss is a sum over classes and
@@ -195,22 +199,26 @@ def _distilled(data: RealData, classes: list[int], ipc: int, seed: int, builder:
     run per group would give, and a class's memory does not depend on how classes are grouped into tasks. Two
     couplings remain: the real batch is capped by the smallest class of the whole set, and CC's feature net is
     pretrained on the whole training set, as in the authors' code, so dm_cc_cm memories see later classes through it.
+
+    The run writes ``checkpoint`` every 10 iterations and resumes from it, so an interrupted benchmark loses at most
+    10 iterations; the file is removed once the run is done (its result is then cached).
     """
-    syn = distill(builder.distill_config(data.name, ipc, seed), data, progress=progress)
+    config = dataclasses.replace(builder.distill_config(data.name, ipc, seed), checkpoint_every=10)
+    syn = distill(config, data, checkpoint=checkpoint, resume=True, progress=progress)
+    checkpoint.unlink(missing_ok=True)
     return syn.images, syn.factor
-
-
-_BUILD = {"random": _random, "herding": _herding, "dm": _distilled, "dm_cc_cm": _distilled}
 
 
 def build_memory(data: RealData, classes, builder: str | Builder, ipc: int, seed: int = 0,
                  progress: bool = False) -> SyntheticSet:
     """``ipc`` training images per class of ``classes`` (sorted), labelled with their class indices in ``data``.
 
-    Cached on disk (``DiskCache("continual")``) under the builder, its settings, the data set, classes, ipc and seed,
-    so a memory is built once and a hit returns the same tensors. DM memories of a class group are the rows of one
-    whole-data distillation, itself cached under all classes (see :func:`_distilled`). A distilled memory keeps the
-    partition factor of the set it came from (1 for DM).
+    Every builder makes a class's memory independently of the other classes (random draws and herding per class, DM
+    rows of one whole-data distillation, see :func:`_distilled`). Memories are therefore cached on disk
+    (``DiskCache("continual")``) per class, under the builder, its settings, the data set, the class, ipc and seed,
+    and a group's memory is the concatenation of its classes': a class is built once, whichever task and class order
+    it arrives in, and a hit returns the same tensors. A distilled memory keeps the partition factor of the set it
+    came from (1 for DM).
     """
     builder = builder if isinstance(builder, Builder) else Builder(builder)
     classes = sorted(int(c) for c in classes)
@@ -220,24 +228,37 @@ def build_memory(data: RealData, classes, builder: str | Builder, ipc: int, seed
     if not 1 <= ipc <= data.class_count(smallest):
         raise ValueError(f"ipc must be in 1..{data.class_count(smallest)} (training images of class {smallest}), "
                          f"got {ipc}")
+    parts = [_class_memory(data, c, builder, ipc, seed, progress) for c in classes]
+    labels = torch.tensor(classes).repeat_interleave(ipc)
+    return SyntheticSet(torch.cat([part["images"] for part in parts]), labels, data.mean, data.std,
+                        list(data.classes), _memory_key(data, classes, builder, ipc, seed), factor=parts[0]["factor"])
+
+
+def _memory_key(data: RealData, classes: list[int], builder: Builder, ipc: int, seed: int) -> dict:
     # version: the layout of the stored value (2: images and partition factor), so older entries are never misread
-    key = {"method": "continual_memory", "version": 2, "builder": builder.name, "settings": builder.settings(data.name, ipc, seed),
-           "dataset": data.name, "source": data.source, "n_train": len(data.x_train), "classes": classes,
-           "ipc": ipc, "seed": seed}
-    every = list(range(data.num_classes))
+    return {"method": "continual_memory", "version": 2, "builder": builder.name,
+            "settings": builder.settings(data.name, ipc, seed), "dataset": data.name, "source": data.source,
+            "n_train": len(data.x_train), "classes": classes, "ipc": ipc, "seed": seed}
+
+
+def _class_memory(data: RealData, c: int, builder: Builder, ipc: int, seed: int, progress: bool) -> dict:
+    """{"images", "factor"} of class ``c``'s memory, from the cache or built (distilled ones: from the whole run)."""
+    cache = DiskCache("continual")
 
     def compute() -> dict:
-        if builder.name in DISTILLED and classes != every:
-            whole = build_memory(data, every, builder, ipc, seed, progress)
-            rows = whole.images.view(data.num_classes, ipc, *whole.images.shape[1:])[classes].flatten(0, 1)
-            return {"images": rows, "factor": whole.factor}
-        images, factor = _BUILD[builder.name](data, classes, ipc, seed, builder, progress)
-        return {"images": images, "factor": factor}
+        if builder.name not in DISTILLED:
+            images, factor = _BUILD[builder.name](data, [c], ipc, seed, builder, progress)
+            return {"images": images, "factor": factor}
+        every = _memory_key(data, list(range(data.num_classes)), builder, ipc, seed)
 
-    value = DiskCache("continual").get_or_compute(key, compute)
-    labels = torch.tensor(classes).repeat_interleave(ipc)
-    return SyntheticSet(value["images"], labels, data.mean, data.std, list(data.classes), key,
-                        factor=value["factor"])
+        def distill_every_class() -> dict:
+            images, factor = _distilled(data, ipc, seed, builder, progress, cache.path(every).with_suffix(".ckpt"))
+            return {"images": images, "factor": factor}
+
+        whole = cache.get_or_compute(every, distill_every_class)  # class-major: class c's rows are c*ipc..
+        return {"images": whole["images"][c * ipc:(c + 1) * ipc], "factor": whole["factor"]}
+
+    return cache.get_or_compute(_memory_key(data, [c], builder, ipc, seed), compute)
 
 
 def memory_union(sets: list[SyntheticSet]) -> SyntheticSet:

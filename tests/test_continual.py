@@ -12,7 +12,7 @@ from distill_lib.cache import DiskCache
 from distill_lib.continual import (BUILDERS, Builder, Scenario, build_memory, herding, make_scenario, memory_union,
                                    run_continual)
 from distill_lib.data import RealData
-from distill_lib.distill import DistillConfig, distill
+from distill_lib.distill import DistillConfig, Distiller, distill
 from distill_lib.evaluate import random_subset
 from distill_lib.train import TrainSpec, predict
 
@@ -213,7 +213,8 @@ def test_cache_returns_identical_dm_memories_without_recomputing(digits, monkeyp
     build_memory(digits, [0, 1], BUILDER["dm"], ipc=2, seed=1)  # another seed is another memory
     assert len(calls) == 2
     assert DiskCache("continual").dir == _isolated_cache / "continual"
-    assert len(list(DiskCache("continual").dir.glob("*.pt"))) == 5  # 2 whole-data runs + 3 groups
+    assert len(list(DiskCache("continual").dir.glob("*.pt"))) == 8  # 2 whole-data runs + 6 classes
+    assert not list(DiskCache("continual").dir.glob("*.ckpt"))  # checkpoints of finished runs are removed
 
 
 def test_cache_hit_for_herding(digits, monkeypatch):
@@ -221,8 +222,40 @@ def test_cache_hit_for_herding(digits, monkeypatch):
     first = build_memory(digits, [6, 8], BUILDER["herding"], ipc=3)
     again = build_memory(digits, [6, 8], BUILDER["herding"], ipc=3)
     assert len(calls) == 2 and torch.equal(first.images, again.images)  # one herding per class, once
+    other = build_memory(digits, [2, 6], BUILDER["herding"], ipc=3)  # class 6 in another task: not herded again
+    assert len(calls) == 3 and torch.equal(other.images[3:], first.images[:3])
     build_memory(digits, [6, 8], Builder("herding", feature_model="lenet"), ipc=3)
-    assert len(calls) == 4
+    assert len(calls) == 5
+
+
+def test_interrupted_distillation_resumes_from_its_checkpoint(digits, monkeypatch):
+    """A DM memory interrupted mid-run continues from the checkpoint beside the cache entry, to the same images."""
+    builder = Builder("dm", dm_config=dataclasses.replace(TINY_DM, iterations=25))
+    expected = distill(builder.distill_config("digits", 2, 0), digits, progress=False).images
+    steps = []
+    original = continual.distill
+
+    def interrupted(config, data, checkpoint, resume, progress):
+        run = Distiller(config, data, progress)
+        while run.iteration < 12:
+            run.step()
+        run.save_checkpoint(checkpoint)  # what distill() does on Ctrl-C at iteration 12 (last periodic save: 10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(continual, "distill", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_memory(digits, [1, 4], builder, ipc=2)
+    assert len(list(DiskCache("continual").dir.glob("*.ckpt"))) == 1
+
+    def resumed(config, data, checkpoint, resume, progress):
+        steps.append(torch.load(checkpoint, weights_only=True)["iteration"])
+        return original(config, data, checkpoint=checkpoint, resume=resume, progress=progress)
+
+    monkeypatch.setattr(continual, "distill", resumed)
+    memory = build_memory(digits, [1, 4], builder, ipc=2)
+    assert steps == [12]  # continued, not restarted
+    assert torch.equal(memory.images, expected.view(10, 2, 1, 16, 16)[[1, 4]].flatten(0, 1))
+    assert not list(DiskCache("continual").dir.glob("*.ckpt"))
 
 
 # ---------------------------------------------------------------- the learner
