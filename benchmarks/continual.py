@@ -81,9 +81,12 @@ def main() -> None:
     p.add_argument("--lambda-cc", type=float, default=DistillConfig.lambda_cc)
     p.add_argument("--lambda-cm", type=float, default=DistillConfig.lambda_cm)
     p.add_argument("--figure", default=str(REPO / "figures" / "continual_curves.png"), help="'' for none")
+    shared = {"seeds": "class orders (scenario seeds)", "models": "learner networks per class order",
+              "eval_epochs": "epochs of each task's learner"}
+    for action in p._actions:  # the shared flags, in this benchmark's words
+        action.help = shared.get(action.dest, action.help)
     args = p.parse_args()
     setup(args)
-    # --seeds: class orders; --models: learner networks per order; --eval-epochs: the learner's epochs.
     spec = TrainSpec(epochs=args.eval_epochs, lr=args.lr, batch_size=args.batch_size)
     print(f"Budget: memories of {args.ipcs} images per class, seed {args.memory_seed}; DM / DM+CC+CM "
           f"{args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
