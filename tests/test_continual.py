@@ -12,7 +12,7 @@ from distill_lib.cache import DiskCache
 from distill_lib.continual import (BUILDERS, Builder, Scenario, build_memory, herding, make_scenario, memory_union,
                                    run_continual)
 from distill_lib.data import RealData
-from distill_lib.distill import DistillConfig, distill
+from distill_lib.distill import DistillConfig, Distiller, distill
 from distill_lib.evaluate import random_subset
 from distill_lib.train import TrainSpec, predict
 
@@ -42,12 +42,26 @@ def test_scenario_is_seeded():
     assert len(orders) == 4  # different seeds, different class orders
 
 
+def test_scenario_is_immutable_and_hashable():
+    tasks = [[2, 0], [1]]
+    scenario = Scenario(3, tasks)
+    tasks[0].append(1)  # the caller's list changing later does not reach the validated scenario
+    assert scenario.tasks == ((2, 0), (1,))
+    assert {make_scenario(10, 5, seed=1): "a"}[make_scenario(10, 5, seed=1)] == "a"
+
+
 def test_scenario_bad_input():
     for num_tasks in (0, 11):
         with pytest.raises(ValueError, match="num_tasks"):
             make_scenario(10, num_tasks)
     with pytest.raises(ValueError, match="partition"):
         Scenario(3, [[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match="partition"):
+        Scenario(3, [[0, 1], []])
+    with pytest.raises(ValueError, match="partition"):
+        Scenario(4, [[0, 1], [2]])  # class 3 never arrives
+    with pytest.raises(ValueError, match="integer class indices"):
+        Scenario(2, [[0.0], [1.0]])
     with pytest.raises(ValueError, match="out of range"):
         make_scenario(4, 2).seen(2)
 
@@ -131,11 +145,25 @@ class Projection(nn.Module):
 def test_herding_builder_uses_the_given_net(digits):
     net = Projection()
     memory = build_memory(digits, [4, 1], Builder("herding", feature_net=net), ipc=4)
+    assert net.training  # the caller's net is left in the mode it was given in
     for c in (1, 4):
         x = digits.normalize(digits.x_train[digits.class_indices(c)])
         with torch.no_grad():
             expected = x[herding(nn.functional.normalize(net.embed(x), dim=1), 4)]
         assert torch.equal(memory.images[memory.labels == c], expected)
+
+
+def test_herding_embeds_a_convnet_as_a_plain_forward(digits):
+    """The channels_last batches of the herding builder give the features of one plain NCHW forward."""
+    net = continual.get_model("convnet", 1, 10, (16, 16))
+    net.reset_parameters(torch.Generator().manual_seed(0))
+    net.train()
+    x = digits.normalize(digits.x_train[:70])
+    with torch.no_grad():
+        expected = net.eval().embed(x)
+    net.train()
+    assert torch.allclose(continual._embed(net, x), expected, atol=1e-5)
+    assert net.training and net.body[0].weight.is_contiguous()
 
 
 def test_memory_union(digits):
@@ -147,6 +175,22 @@ def test_memory_union(digits):
         memory_union([a, build_memory(digits, [5, 6], "random", ipc=2)])
     with pytest.raises(ValueError):
         memory_union([])
+
+
+def test_partitioned_memories_flow_through_to_the_learner(digits, monkeypatch):
+    """The IDM hook: a distilled set with partition factor 2 gives memories of factor 2 whose decoded view (4 images
+    per stored one) is what the learner trains on."""
+    real_distill = continual.distill
+    monkeypatch.setattr(continual, "distill", lambda *a, **k: dataclasses.replace(real_distill(*a, **k), factor=2))
+    memory = build_memory(digits, [2, 5], BUILDER["dm"], ipc=2)
+    assert memory.factor == 2 and memory.images.shape == (4, 1, 16, 16)
+    assert build_memory(digits, [2, 5], BUILDER["dm"], ipc=2).factor == 2  # from the cache
+    trained_on = []
+    monkeypatch.setattr(continual, "train_classifier", lambda net, x, y, *a, **k: trained_on.append(y) or [])
+    scenario = Scenario(10, [[2, 5], [0, 1, 3, 4, 6, 7, 8, 9]])
+    run_continual(digits, scenario, BUILDER["dm"], ipc=2, train_spec=FAST, device="cpu")
+    assert sorted(trained_on[0].tolist()) == [2] * 8 + [5] * 8
+    assert len(trained_on[1]) == 10 * 2 * 4
 
 
 # ---------------------------------------------------------------- the cache
@@ -169,7 +213,8 @@ def test_cache_returns_identical_dm_memories_without_recomputing(digits, monkeyp
     build_memory(digits, [0, 1], BUILDER["dm"], ipc=2, seed=1)  # another seed is another memory
     assert len(calls) == 2
     assert DiskCache("continual").dir == _isolated_cache / "continual"
-    assert len(list(DiskCache("continual").dir.glob("*.pt"))) == 5  # 2 whole-data runs + 3 groups
+    assert len(list(DiskCache("continual").dir.glob("*.pt"))) == 8  # 2 whole-data runs + 6 classes
+    assert not list(DiskCache("continual").dir.glob("*.ckpt"))  # checkpoints of finished runs are removed
 
 
 def test_cache_hit_for_herding(digits, monkeypatch):
@@ -177,8 +222,40 @@ def test_cache_hit_for_herding(digits, monkeypatch):
     first = build_memory(digits, [6, 8], BUILDER["herding"], ipc=3)
     again = build_memory(digits, [6, 8], BUILDER["herding"], ipc=3)
     assert len(calls) == 2 and torch.equal(first.images, again.images)  # one herding per class, once
+    other = build_memory(digits, [2, 6], BUILDER["herding"], ipc=3)  # class 6 in another task: not herded again
+    assert len(calls) == 3 and torch.equal(other.images[3:], first.images[:3])
     build_memory(digits, [6, 8], Builder("herding", feature_model="lenet"), ipc=3)
-    assert len(calls) == 4
+    assert len(calls) == 5
+
+
+def test_interrupted_distillation_resumes_from_its_checkpoint(digits, monkeypatch):
+    """A DM memory interrupted mid-run continues from the checkpoint beside the cache entry, to the same images."""
+    builder = Builder("dm", dm_config=dataclasses.replace(TINY_DM, iterations=25))
+    expected = distill(builder.distill_config("digits", 2, 0), digits, progress=False).images
+    steps = []
+    original = continual.distill
+
+    def interrupted(config, data, checkpoint, resume, progress):
+        run = Distiller(config, data, progress)
+        while run.iteration < 12:
+            run.step()
+        run.save_checkpoint(checkpoint)  # what distill() does on Ctrl-C at iteration 12 (last periodic save: 10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(continual, "distill", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_memory(digits, [1, 4], builder, ipc=2)
+    assert len(list(DiskCache("continual").dir.glob("*.ckpt"))) == 1
+
+    def resumed(config, data, checkpoint, resume, progress):
+        steps.append(torch.load(checkpoint, weights_only=True)["iteration"])
+        return original(config, data, checkpoint=checkpoint, resume=resume, progress=progress)
+
+    monkeypatch.setattr(continual, "distill", resumed)
+    memory = build_memory(digits, [1, 4], builder, ipc=2)
+    assert steps == [12]  # continued, not restarted
+    assert torch.equal(memory.images, expected.view(10, 2, 1, 16, 16)[[1, 4]].flatten(0, 1))
+    assert not list(DiskCache("continual").dir.glob("*.ckpt"))
 
 
 # ---------------------------------------------------------------- the learner
@@ -230,6 +307,40 @@ def test_learner_trains_fresh_models_and_scores_seen_classes(digits, monkeypatch
                          device="cpu").accuracies == result.accuracies
 
 
+def test_memory_seed_is_separate_from_the_learner_seed(digits, monkeypatch):
+    runs = []
+    original = continual.train_classifier
+    monkeypatch.setattr(continual, "train_classifier",
+                        lambda net, x, y, *a, **k: runs.append((x.clone(), y.clone())) or original(net, x, y, *a, **k))
+    scenario = make_scenario(10, 2, seed=1)
+    shared = [run_continual(digits, scenario, "random", ipc=2, train_spec=FAST, seed=s, memory_seed=0, model="mlp",
+                            device="cpu") for s in (0, 1)]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(runs[:2], runs[2:4]))  # the same memories ...
+    assert shared[0].accuracies != shared[1].accuracies  # ... another learner
+    assert shared[1].config["seed"] == 1 and shared[1].config["memory_seed"] == 0
+    default = run_continual(digits, scenario, "random", ipc=2, train_spec=FAST, seed=1, model="mlp", device="cpu")
+    assert default.config["memory_seed"] == 1 and not torch.equal(runs[4][0], runs[0][0])  # memory_seed = seed
+
+
+def test_results_cached_under_their_full_config(digits, monkeypatch):
+    calls = counting(monkeypatch, "train_classifier")
+    cache = DiskCache("continual_runs")
+    scenario = make_scenario(10, 2, seed=0)
+    kwargs = dict(ipc=2, train_spec=FAST, seed=3, model="mlp", device="cpu", cache=cache)
+    first = run_continual(digits, scenario, "random", **kwargs)
+    assert len(calls) == 2
+    again = run_continual(digits, scenario, "random", **kwargs)
+    assert len(calls) == 2 and again == first  # read back, nothing trained
+    assert cache.get(first.config) == {"accuracies": list(first.accuracies)}
+    for change in ({"train_spec": dataclasses.replace(FAST, epochs=31)}, {"seed": 4}, {"memory_seed": 0},
+                   {"model": "lenet"}):
+        run_continual(digits, scenario, "random", **{**kwargs, **change})
+    run_continual(digits, make_scenario(10, 2, seed=1), "random", **kwargs)  # another class order
+    run_continual(digits, scenario, "herding", **kwargs)
+    assert len(calls) == 2 + 6 * 2
+    assert len(list(cache.dir.glob("*.pt"))) == 7
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_bad_input(digits):
@@ -244,3 +355,9 @@ def test_bad_input(digits):
         build_memory(digits, [1, 1], "random", ipc=2)
     with pytest.raises(ValueError, match="classes"):
         run_continual(digits, make_scenario(5, 2), "random", ipc=2, train_spec=FAST)
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        run_continual(digits, make_scenario(10, 2), "random", ipc=2, train_spec=FAST, model="resnet")
+    with pytest.raises(ValueError, match="unknown feature model"):
+        Builder("herding", feature_model="vit")
+    with pytest.raises(ValueError, match="cannot herd 0"):
+        herding(torch.zeros(3, 2), 0)
