@@ -78,8 +78,8 @@ def main() -> None:
     p.add_argument("--featnet-arch", default="convnet", help="CC's feature net (DM+CC+CM)")
     p.add_argument("--featnet-epochs", type=int, default=2)
     p.add_argument("--featnet-per-class", type=int, default=500, help="training images per class for the feature net")
-    p.add_argument("--lambda-cc", type=float, default=DistillConfig.lambda_cc)
-    p.add_argument("--lambda-cm", type=float, default=DistillConfig.lambda_cm)
+    p.add_argument("--lambda-cc", type=float, default=DistillConfig().resolved().lambda_cc)
+    p.add_argument("--lambda-cm", type=float, default=DistillConfig().resolved().lambda_cm)
     p.add_argument("--figure", default=str(REPO / "figures" / "continual_curves.png"), help="'' for none")
     shared = {"seeds": "class orders (scenario seeds)", "models": "learner networks per class order",
               "eval_epochs": "epochs of each task's learner"}

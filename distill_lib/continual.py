@@ -107,7 +107,7 @@ class Builder:
     def settings(self, dataset: str, ipc: int, seed: int) -> dict:
         """What, besides data, classes, ipc and seed, determines this builder's memory (part of the cache key)."""
         if self.name in DISTILLED:
-            return canonical(self.distill_config(dataset, ipc, seed))
+            return self.distill_config(dataset, ipc, seed).identity()  # DM keys as before IDM existed
         if self.name == "herding":
             return {"feature_model": self.feature_model,
                     "feature_net": None if self.feature_net is None else _digest(self.feature_net)}
@@ -320,7 +320,8 @@ def run_continual(data: RealData, scenario: Scenario, builder: str | Builder, ip
     config = {"method": "continual_run", "builder": builder.name,
               "settings": builder.settings(data.name, ipc, memory_seed), "dataset": data.name, "source": data.source,
               "n_train": len(data.x_train), "n_test": len(data.x_test), "ipc": ipc, "seed": seed,
-              "memory_seed": memory_seed, "model": model, "train_spec": canonical(train_spec),
+              "memory_seed": memory_seed, "model": model,
+              "train_spec": {k: v for k, v in canonical(train_spec).items() if k != "compile"},  # rounding only
               "tasks": canonical(scenario.tasks)}
 
     def compute() -> dict:
