@@ -95,9 +95,10 @@ def test_timing_distiller_uses_a_random_featnet_without_pretraining(digits, _iso
 def test_script_runs_on_tiny_shapes(capsys, monkeypatch):
     monkeypatch.delenv("DISTILL_DATA", raising=False)  # setup() may set it; restored after the test
     speed.main(["--datasets", "digits", "--ipcs", "2", "--reps", "1", "--net-width", "8", "--batch-real", "8",
-                "--test-images", "100", "--cc-featnet-arch", "convnet", "--train-per-class", "10"])
+                "--test-images", "100", "--cc-featnet-arch", "convnet", "--train-per-class", "10", "--eval-epochs", "10"])
     out = capsys.readouterr().out
     assert "MALLOC_MMAP_THRESHOLD_" in out and "GFLOP/s" in out
     assert "| DM | 2 |" in out and "| DM+CC+CM | 2 |" in out
     rows = [line for line in out.splitlines() if line.startswith("| 2 |")]
-    assert len(rows) == 1 and len(rows[0].split("|")) == 14  # the evaluation row: 12 columns
+    assert len(rows) == 1 and len(rows[0].split("|")) == 16  # the evaluation row: 14 columns
+    assert rows[0].startswith("| 2 | no |")  # 10 epochs x 20 images x 3 models: below the "auto" compile threshold
