@@ -24,7 +24,7 @@ from .cache import atomic_save, canonical
 from .data import DATASETS, RealData
 from .featnet import FeatNetPool, FeatNetSpec
 from .models import MODEL_NAMES, NORMS, get_model
-from .synthetic import SyntheticSet, decode_partitions, encode_partitions
+from .synthetic import SyntheticSet, check_factor, decode_partitions, encode_partitions
 from .train import resolve_device
 
 INITS = ("real", "noise")
@@ -109,7 +109,7 @@ class DistillConfig:
         if self.factor is not None:
             if not isinstance(self.factor, int) or self.factor < 1:
                 raise ValueError(f"factor must be an integer >= 1 (or None: the method's default), got {self.factor!r}")
-            check_factor(self.factor, DATASETS[self.dataset].image_size, self.dataset)
+            check_factor(self.factor, DATASETS[self.dataset].image_size, f"images of {self.dataset!r}")
         self.queue_spec()  # validates the queue settings, also for DM, so a typo never hides
         for name in ("momentum", "checkpoint_every", "real_chunk", "featnet_per_class", "cc_beta", "ce_weight"):
             if getattr(self, name) < 0:
@@ -160,14 +160,6 @@ class DistillConfig:
         return {"dm": 1.0, "cc": cfg.lambda_cc, "cm": cfg.lambda_cm, "ce": cfg.ce_weight}
 
 
-def check_factor(factor: int, image_size: tuple[int, int], dataset: str) -> None:
-    """Partitioning needs whole tiles: ``factor`` must divide both sides of the images."""
-    if image_size[0] % factor or image_size[1] % factor:
-        divisors = [f for f in range(1, min(image_size) + 1) if image_size[0] % f == 0 and image_size[1] % f == 0]
-        raise ValueError(f"factor {factor} does not divide the {image_size[0]}x{image_size[1]} images of {dataset!r}; "
-                         f"use one of {divisors}")
-
-
 def config_from_dict(values: dict) -> DistillConfig:
     """Rebuild a config saved with a SyntheticSet or checkpoint (unknown keys are an error)."""
     known = {f.name for f in dataclasses.fields(DistillConfig)}
@@ -189,7 +181,7 @@ class Distiller:
             raise ValueError(f"config is for dataset {config.dataset!r} but data is {data.name!r}")
         resolved = config.resolved()
         self.factor = resolved.factor
-        check_factor(self.factor, data.image_size, data.name)
+        check_factor(self.factor, data.image_size, f"images of {data.name!r}")
         # Real images drawn per class: ipc, or ipc * factor^2 to fill the tiles of the partitioned initialisation.
         smallest = min(data.class_count(c) for c in range(data.num_classes))
         needed = config.ipc * (self.factor ** 2 if config.init == "real" else 1)

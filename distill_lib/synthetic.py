@@ -19,18 +19,25 @@ from .cache import atomic_save, canonical
 FORMAT_VERSION = 1
 
 
+def check_factor(factor: int, image_size: tuple[int, int], what: str = "images") -> None:
+    """Partitioning needs whole tiles: ``factor`` >= 1 must divide both sides of the images."""
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    if image_size[0] % factor or image_size[1] % factor:
+        divisors = [f for f in range(1, min(image_size) + 1) if image_size[0] % f == 0 and image_size[1] % f == 0]
+        raise ValueError(f"factor {factor} does not divide the {image_size[0]}x{image_size[1]} {what}; "
+                         f"use one of {divisors}")
+
+
 def decode_partitions(images: torch.Tensor, factor: int) -> torch.Tensor:
     """Split each image (N, C, H, W) into factor x factor tiles (row-major) and upsample each back to (H, W).
 
     Returns (N * factor^2, C, H, W), tiles of image 0 first. factor 1 returns the images unchanged.
     """
-    if factor < 1:
-        raise ValueError(f"factor must be >= 1, got {factor}")
+    n, c, h, w = images.shape
+    check_factor(factor, (h, w))
     if factor == 1:
         return images
-    n, c, h, w = images.shape
-    if h % factor or w % factor:
-        raise ValueError(f"factor {factor} does not divide the image size {h}x{w}")
     tiles = images.reshape(n, c, factor, h // factor, factor, w // factor).permute(0, 2, 4, 1, 3, 5)
     tiles = tiles.reshape(n * factor * factor, c, h // factor, w // factor)
     return F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
@@ -43,13 +50,10 @@ def encode_partitions(images: torch.Tensor, factor: int) -> torch.Tensor:
     image i is image i * factor^2 + k: ``decode_partitions`` gives back the images in the same order, at 1/factor
     resolution. This is how IDM initialises a partitioned synthetic set from real images.
     """
-    if factor < 1:
-        raise ValueError(f"factor must be >= 1, got {factor}")
+    n, c, h, w = images.shape
+    check_factor(factor, (h, w))
     if factor == 1:
         return images
-    n, c, h, w = images.shape
-    if h % factor or w % factor:
-        raise ValueError(f"factor {factor} does not divide the image size {h}x{w}")
     if n % (factor * factor):
         raise ValueError(f"{n} images do not fill stored images of {factor}x{factor} tiles")
     tiles = F.interpolate(images, size=(h // factor, w // factor), mode="area")
