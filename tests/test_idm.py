@@ -24,6 +24,7 @@ from distill_lib.featnet import pretrain
 from distill_lib.idm import INITIAL_NETS, ModelQueue, QueueSpec
 from distill_lib.models import get_model
 from distill_lib.synthetic import SyntheticSet, decode_partitions, encode_partitions
+from test_distill import check_against_reference  # the shared comparison; the IDM reference is below
 
 # The modules (the package exports functions of the same names), for monkeypatching what they call.
 distill_module = importlib.import_module("distill_lib.distill")
@@ -253,19 +254,10 @@ def test_idm_loss_terms_equal_per_class_reference(digits, extra):
     run = Distiller(tiny(**extra), digits, progress=False)
     for _ in range(3):
         run.step()
-    weights = run.config.loss_weights()
     # iterations whose drawn net has been trained, so that the CE term is really weighted
     trained = [it for it in range(3, 30) if run.queue.sample(it).accuracy > 0][:3]
     assert len(trained) == 3
-    for it in trained:
-        got, want = run.loss_terms(it), reference_terms(run, it)
-        assert got.keys() == want.keys()
-        for name in got:
-            torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=f"{name} at iteration {it}")
-        g_lib = torch.autograd.grad(losses.combine(got, weights), run.images)[0]
-        g_ref = torch.autograd.grad(losses.combine(want, weights), run.images)[0]
-        assert g_lib.abs().max() > 0
-        torch.testing.assert_close(g_lib, g_ref, rtol=1e-4, atol=1e-6 * g_ref.abs().max().item())
+    check_against_reference(run, trained, reference_terms, atol=1e-6)
 
 
 def test_ce_weighting(digits):
