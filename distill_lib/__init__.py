@@ -5,7 +5,14 @@ Dataset Distillation" (CVPR 2024).
 The main entry points, each in a module with one job:
 ``load_dataset`` (data), ``get_model`` (models), ``DistillConfig``/``distill`` (distill),
 ``EvalProtocol``/``evaluate``/``random_subset`` (evaluate), ``SyntheticSet`` (synthetic).
+
+Importing the package raises glibc's allocator thresholds for this process (``allocator``: large activation buffers
+stay in the heap instead of being page-faulted in every op); ``DISTILL_MALLOC_TUNING=0`` switches that off.
 """
+from . import allocator
+
+allocator.tune()
+
 from .data import DATASETS, RealData, load_dataset
 from .distill import DistillConfig, distill
 from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
