@@ -25,7 +25,7 @@ from .data import DATASETS, RealData
 from .featnet import FeatNetPool, FeatNetSpec
 from .models import MODEL_NAMES, NORMS, get_model
 from .synthetic import SyntheticSet, check_factor, decode_partitions, encode_partitions
-from .train import resolve_device
+from .train import compiled, resolve_device, use_compile
 
 INITS = ("real", "noise")
 METHODS = ("dm", "idm")
@@ -38,7 +38,10 @@ METHOD_DEFAULTS = {"dm": {"lr_img": 1.0, "factor": 1, "lambda_cc": 0.05, "lambda
 IDM_FIELDS = ("queue_length", "queue_push_interval", "queue_train_nets", "queue_train_steps", "queue_batch",
               "queue_lr", "ce_weight")
 # Fields that may differ between a checkpoint and the run that resumes it without changing what is computed.
-RESUMABLE_FIELDS = ("iterations", "checkpoint_every", "device")
+RESUMABLE_FIELDS = ("iterations", "checkpoint_every", "device", "compile")
+# "auto" compiles DM's net on CPU from this much work (iterations x classes x batch_real x pixels per image pushed
+# through it, ~5 TFLOP for the ConvNet): enough to repay a cold compile (5-20 s) with the ~1.4x faster forward.
+COMPILE_MIN_WORK = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class DistillConfig:
     device: str = "auto"
     checkpoint_every: int = 0
     real_chunk: int = 32  # >0: push the real batch through the net in chunks of this many images (cache-friendly)
+    compile: str = "auto"  # torch.compile DM's net: "on", "off", or "auto" (CPU and enough work; see COMPILE_MIN_WORK)
     # IDM's partitioning: each stored image holds factor x factor tiles, each upsampled to full size when used.
     factor: int | None = None
     # IDM's model queue (see distill_lib.idm) and its class-aware regulariser: ce_weight * (the drawn net's running
@@ -123,6 +127,7 @@ class DistillConfig:
         if self.cc_form not in losses.CC_FORMS:
             raise ValueError(f"cc_form must be one of {losses.CC_FORMS}, got {self.cc_form!r}")
         augment.parse_strategy(self.dsa_strategy)
+        use_compile(self.compile, torch.device("cpu"), False)  # validates the mode
         resolve_device(self.device)
 
     def featnet_spec(self) -> FeatNetSpec:
@@ -146,6 +151,7 @@ class DistillConfig:
         config keeps the cache key it had before IDM existed, and unused IDM settings never split a DM cache entry.
         """
         values = canonical(self.resolved())
+        del values["compile"]  # changes float rounding only, like the device: one cache entry either way
         if self.method == "dm":
             for name in ("method", *IDM_FIELDS, *(("factor",) if values["factor"] == 1 else ())):
                 del values[name]
@@ -205,6 +211,11 @@ class Distiller:
         self.net.to(memory_format=torch.channels_last)  # measured faster for these convs and norms on CPU
         # Batch norm mixes the samples of a batch, so its classes must go through the net one at a time.
         self.per_class_forward = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.net.modules())
+        # DM's one net, compiled once: its weights are graph inputs, redrawn in place every iteration. (IDM's queue
+        # holds many nets and trains them: eager.)
+        work = config.iterations * data.num_classes * config.batch_real * data.image_size[0] * data.image_size[1]
+        self.compiled = config.method == "dm" and use_compile(config.compile, self.device, work >= COMPILE_MIN_WORK)
+        self._net_features = compiled(self.net.features) if self.compiled else self.net.features
         # IDM: the queue's nets are copies of self.net, trained on real data of all classes (the same on every process).
         self.queue = None
         if config.method == "idm":
@@ -294,9 +305,10 @@ class Distiller:
         if self.per_class_forward:
             chunk = len(x) // len(self.classes)
         x = x.contiguous(memory_format=torch.channels_last)
+        features = self._net_features if net is self.net else net.features
         if not chunk or chunk >= len(x):
-            return net.features(x)
-        return torch.cat([net.features(part) for part in x.split(chunk)])
+            return features(x)
+        return torch.cat([features(part) for part in x.split(chunk)])
 
     def step(self) -> dict:
         """One optimisation step on the synthetic pixels; returns and records its history entry."""

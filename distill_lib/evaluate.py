@@ -14,10 +14,8 @@ from . import augment, distributed, seeding
 from .data import RealData
 from .models import get_model
 from .synthetic import SyntheticSet
-from .train import TrainSpec, accuracy, resolve_device, train_classifier
+from .train import COMPILE_MODES, TrainSpec, accuracy, resolve_device, train_classifier, use_compile
 
-
-COMPILE_MODES = ("auto", "on", "off")
 COMPILE_MIN_WORK = 30_000  # image-passes; eager costs ~6 ms per image-pass on one core, so >= ~3 minutes of training
 
 
@@ -60,9 +58,7 @@ class EvalProtocol:
         channels_last test pass 1.3x faster, for a one-off cold compile of ~15 s per graph, so tiny runs (tests,
         quick notebooks) stay eager. On CUDA "auto" stays eager: not measured there yet.
         """
-        if self.compile != "auto":
-            return self.compile == "on"
-        return device.type == "cpu" and self.epochs * num_images * self.num_models >= COMPILE_MIN_WORK
+        return use_compile(self.compile, device, self.epochs * num_images * self.num_models >= COMPILE_MIN_WORK)
 
     def describe(self) -> str:
         return (f"{self.model}, {self.epochs} epochs, lr {self.lr} (x0.1 at half), momentum {self.momentum}, "

@@ -137,8 +137,22 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return (predict(model, x, batch_size, compile) == y).float().mean().item()
 
 
-def compiled(model: nn.Module) -> nn.Module:
-    """``model`` through torch.compile (static shapes), or ``model`` itself with a warning where compiling fails.
+COMPILE_MODES = ("auto", "on", "off")
+
+
+def use_compile(mode: str, device: torch.device, worth_it: bool) -> bool:
+    """The one rule for the ``compile`` settings of evaluation and distillation: "on"/"off" as said; "auto" compiles
+    on CPU when ``worth_it`` (enough work to repay a cold compile, decided by the caller). On CUDA "auto" stays eager:
+    not measured there yet."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    return device.type == "cpu" and worth_it
+
+
+def compiled(model):
+    """``model`` (a module or a function) through torch.compile (static shapes), or ``model`` itself with a warning where compiling fails.
 
     Compiled graphs are shared by every model of the same architecture (parameters are graph inputs), so the cold
     compile (10-20 s per graph on this CPU) is paid once per process and shape; inductor also caches on disk.

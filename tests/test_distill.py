@@ -17,6 +17,7 @@ from distill_lib.distill import DistillConfig, Distiller, config_from_dict, dist
 from distill_lib.featnet import pretrain
 from distill_lib.models import get_model
 from distill_lib.synthetic import SyntheticSet, decode_partitions
+from distill_lib.train import compile_available
 
 TINY = dict(dataset="digits", ipc=3, iterations=4, batch_real=8, net_width=8, device="cpu")
 FEATNET = dict(featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
@@ -90,6 +91,28 @@ def test_loss_terms_with_cc_equal_per_class_reference(digits, form, alpha):
     run = Distiller(cfg, digits, progress=False)
     run.step()
     check_against_reference(run, [1, 2])
+
+
+@pytest.mark.skipif(not compile_available(), reason="torch.compile needs a C++ compiler")
+def test_compiled_net_gives_the_reference_terms_and_the_eager_run(digits):
+    """compile="on" (DM's net through torch.compile, weights redrawn in place each iteration) computes the same loss
+    terms and gradients as the per-class loop, and two steps give the eager run's pixels."""
+    eager = Distiller(tiny(cm=True), digits, progress=False)
+    fast = Distiller(tiny(cm=True, compile="on"), digits, progress=False)
+    assert fast.compiled and not eager.compiled
+    for run in (eager, fast):
+        run.step()
+        run.step()
+    torch.testing.assert_close(fast.images, eager.images, rtol=1e-5, atol=1e-6)
+    check_against_reference(fast, range(2, 5))
+    assert fast.config.identity() == eager.config.identity()  # one cache entry either way
+
+
+def test_compile_auto_only_for_enough_dm_work(digits):
+    assert not Distiller(tiny(), digits, progress=False).compiled  # tests, quick notebooks: eager
+    big = tiny(iterations=200, batch_real=128)  # 200 x 10 classes x 128 x 16x16 pixels >= COMPILE_MIN_WORK
+    assert Distiller(big, digits, progress=False).compiled == compile_available()
+    assert not Distiller(dataclasses.replace(big, compile="off"), digits, progress=False).compiled
 
 
 def test_reference_is_not_vacuous(digits):
@@ -183,6 +206,7 @@ def test_keyboard_interrupt_saves_checkpoint_and_resume_finishes(digits, tmp_pat
     (dict(init="zeros"), "init"),
     (dict(cc_form="exp"), "cc_form"),
     (dict(net_norm="weird"), "net_norm"),
+    (dict(compile="yes"), "compile"),
 ])
 def test_bad_config_raises(overrides, match):
     with pytest.raises(ValueError, match=match):
