@@ -1,8 +1,8 @@
 """Seconds per distillation iteration and per evaluation epoch: the library, a per-class reference loop, a FLOP floor.
 
     python benchmarks/speed.py                                  # CIFAR-10 shapes, DM and DM+CC+CM, IPC 1/10/50
-    python benchmarks/speed.py --reps 5 --threads 2
-    MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296 python benchmarks/speed.py  # glibc tuned
+    python benchmarks/speed.py --reps 3 --threads 2
+    DISTILL_MALLOC_TUNING=0 python benchmarks/speed.py --reps 3 --threads 2   # everything on glibc's defaults
 
 What is timed (CPU, float32; random uint8 images of the data set's shape, so no data set is needed):
 
@@ -21,10 +21,12 @@ What is timed (CPU, float32; random uint8 images of the data set's shape, so no 
   images (library ``accuracy`` vs batches of 256 in NCHW), with the per-model total extrapolated to
   ``--eval-epochs`` epochs (default 1000, the papers' protocol) and its floor (forward + both backwards ~3x).
 
-Tables report the median over ``--reps`` with (min-max). glibc reads MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_
-only at process start, so they must be set by the command that starts Python (as above); the script prints them.
-(Checked on glibc 2.36: thresholds set this way are honoured up to at least 4 GiB; setting one also switches off
-glibc's dynamic mmap threshold.)
+Tables report the median over ``--reps`` with (min-max). Library and reference share one process, so they share its
+glibc allocator settings: ``import distill_lib`` raises the thresholds (distill_lib.allocator) unless
+``DISTILL_MALLOC_TUNING=0`` (or the user's own MALLOC_*_ variables); the header prints which. Run it both ways: the
+library as users get it is the tuned run, the authors' code as users get it the untuned one. The library's compile
+(``DistillConfig.compile`` / ``EvalProtocol.compile`` "auto") is on for these sizes; its cold compile falls in the
+untimed warm-up, reported in its own column.
 The common flags --iterations, --models and --seeds are not used here.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import parser, setup
-from distill_lib import augment, losses, seeding
+from distill_lib import allocator, augment, losses, seeding
 from distill_lib.data import DATASETS, RealData, from_arrays
 from distill_lib.distill import DistillConfig, Distiller
 from distill_lib.evaluate import EvalProtocol
@@ -263,12 +265,13 @@ def timed(fn) -> float:
 # ------------------------------------------------------------------------------------------------------------
 # Measurements
 
-def time_distill(config: DistillConfig, data: RealData, reps: int) -> tuple[list[float], list[float]]:
-    """Seconds per iteration of the library and the reference, interleaved (order alternating), after a warm-up."""
+def time_distill(config: DistillConfig, data: RealData, reps: int) -> tuple[list[float], list[float], float, bool]:
+    """Seconds per iteration of the library and the reference, interleaved (order alternating), after a warm-up;
+    also the library's warm-up seconds (its cold compile, if any) and whether it compiled."""
     run = timing_distiller(config, data)
     images = run.images.detach().clone().requires_grad_(True)
     optimizer = torch.optim.SGD([images], lr=config.resolved().lr_img, momentum=config.momentum)
-    lib, ref = [], []
+    lib, ref, warm_up = [], [], 0.0
     for rep in range(reps + 1):  # rep 0: warm-up of both
         it = run.iteration
         t_lib = lambda: run.step()  # noqa: E731
@@ -280,7 +283,9 @@ def time_distill(config: DistillConfig, data: RealData, reps: int) -> tuple[list
         if rep:
             lib.append(a)
             ref.append(b)
-    return lib, ref
+        else:
+            warm_up = a
+    return lib, ref, warm_up, run.compiled
 
 
 def reference_epoch(model: nn.Module, optimizer, x, y, batch_size: int, strategy: str, generator) -> None:
@@ -363,9 +368,9 @@ def eval_flops(data: RealData, ipc: int, width: int, test_images: int) -> tuple[
 # ------------------------------------------------------------------------------------------------------------
 
 def malloc_line() -> str:
-    """Which glibc allocator settings this process started with (they cannot be changed from inside it)."""
+    """The glibc allocator settings of this process: what ``import distill_lib`` did, and the start-up variables."""
     parts = [f"{name}={os.environ[name]}" if name in os.environ else f"{name} unset" for name in MALLOC_VARS]
-    return "glibc allocator: " + ", ".join(parts)
+    return f"glibc allocator: {allocator.state} (" + ", ".join(parts) + ")"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -396,20 +401,21 @@ def main(argv: list[str] | None = None) -> None:
             print(f"## Distillation, seconds per iteration: {name} shapes ({shape}), ConvNet width {args.net_width} "
                   f"depth 3 instance norm, batch_real {args.batch_real}, full DSA; CC feature net "
                   f"{args.cc_featnet_arch}, randomly initialised, eval mode\n")
-            print("| method | IPC | library s/it | reference s/it | reference / library | GFLOP/it | floor s/it "
-                  "| library / floor |")
-            print("|---|---|---|---|---|---|---|---|")
+            print("| method | IPC | compiled | library s/it | reference s/it | reference / library | GFLOP/it | "
+                  "floor s/it | library / floor | library warm-up s |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
             for method in args.methods:
                 for ipc in args.ipcs:
                     config = DistillConfig(dataset=name, ipc=ipc, batch_real=args.batch_real, net_width=args.net_width,
                                            featnet_arch=args.cc_featnet_arch, device="cpu", **METHODS[method])
-                    lib, ref = time_distill(config, data, args.reps)
+                    lib, ref, warm_up, compiled = time_distill(config, data, args.reps)
                     flops = sum(distill_flops(config, data, min(args.batch_real, data.class_count(0)),
                                               args.cc_featnet_arch).values())
                     floor = flops / peak
-                    print(f"| {LABELS[method]} | {ipc} | {summary(lib)} | {summary(ref)} | "
-                          f"{statistics.median(ref) / statistics.median(lib):.2f} | {flops / 1e9:.4g} | "
-                          f"{floor:.3g} | {statistics.median(lib) / floor:.2f} |", flush=True)
+                    print(f"| {LABELS[method]} | {ipc} | {'yes' if compiled else 'no'} | {summary(lib)} | "
+                          f"{summary(ref)} | {statistics.median(ref) / statistics.median(lib):.2f} | "
+                          f"{flops / 1e9:.4g} | {floor:.3g} | {statistics.median(lib) / floor:.2f} | {warm_up:.1f} |",
+                          flush=True)
             print()
         if "eval" in args.parts:
             print(f"## Evaluation, seconds per model: {name} shapes, ConvNet width {args.net_width}, batch 256, DSA; "
