@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from common import parser, setup
 from distill_lib import DistillConfig, EvalProtocol
-from distill_lib.sweep import Cell, pooled, run_cell
+from distill_lib.sweep import Cell, choose, pooled, run_cell
 
 
 def variants(base: DistillConfig, lambda_cc: float, lambda_cm: float) -> dict[str, DistillConfig]:
@@ -27,12 +27,11 @@ def variants(base: DistillConfig, lambda_cc: float, lambda_cm: float) -> dict[st
 def select(base: DistillConfig, protocol: EvalProtocol, field: str, values: list[float], validation: int) -> float:
     """The value of ``field`` (with its term switched on) with the best validation accuracy; prints the scan."""
     switch = {"lambda_cc": "cc", "lambda_cm": "cm"}[field]
-    scores = {v: run_cell(Cell(replace(base, **{switch: True, field: v}), protocol, validation=validation))
-              for v in values}
+    best, scores = choose({v: replace(base, **{switch: True, field: v}) for v in values}, protocol, validation)
     dm = run_cell(Cell(base, protocol, validation=validation))
     print(f"  {base.dataset} ipc{base.ipc} validation scan of {field}: DM {dm}; " +
           "; ".join(f"{v}: {r}" for v, r in scores.items()), flush=True)
-    return max(scores, key=lambda v: scores[v].mean)
+    return best
 
 
 def main() -> None:

@@ -2,35 +2,59 @@
 
     python benchmarks/dm_accuracy.py                       # Fashion-MNIST, CIFAR-10, MNIST at IPC 1/10/50
     python benchmarks/dm_accuracy.py --datasets cifar10 --ipcs 10 --iterations 200 --seeds 2
+    python benchmarks/dm_accuracy.py --ipcs 50 --lr-img 1 10 50 --init   # lr_img chosen on validation; DM's start
 
 Needs the data sets (DISTILL_DATA, or ../shared/data beside the checkout). Each cell (dataset, IPC, method, seed) is
 cached on disk under its full config (distill_lib.sweep), so an interrupted run continues where it stopped and a wider grid only
 computes the new cells.
+
+With several ``--lr-img`` values, each (dataset, IPC) takes the one whose seed-0 set scores best on ``--validation``
+held-out training images per class (``--val-models`` evaluation nets; the test set is not looked at). ``--init`` adds
+a column with DM's starting images (real images of another draw than the random subset's) under the same protocol,
+which splits "DM - random" into the draw and what DM changed.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from common import parser, setup
 from distill_lib import DistillConfig, EvalProtocol
-from distill_lib.sweep import Cell, pooled, run_cell
+from distill_lib.sweep import Cell, choose, pooled, run_cell
 
 
 def main() -> None:
     p = parser(__doc__, datasets=["fashion_mnist", "cifar10", "mnist"], ipcs=[1, 10, 50], seeds=1)
+    p.add_argument("--lr-img", nargs="+", type=float, default=[1.0], help="candidates, chosen on validation if > 1")
+    p.add_argument("--validation", type=int, default=500, help="held-out training images per class for --lr-img")
+    p.add_argument("--val-models", type=int, default=1, help="evaluation nets per validation cell")
+    p.add_argument("--init", action="store_true", help="also evaluate DM's initial images")
     args = p.parse_args()
     setup(args)
 
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
-    print(f"Budget: DM {args.iterations} iterations (batch_real {args.batch_real}, init real, full DSA); "
+    choosing = len(args.lr_img) > 1
+    lr_note = (f"lr_img chosen from {args.lr_img} per (dataset, IPC) on {args.validation} validation images per class "
+               f"({args.val_models} net(s))" if choosing else f"lr_img {args.lr_img[0]:g}")
+    print(f"Budget: DM {args.iterations} iterations (batch_real {args.batch_real}, init real, full DSA, {lr_note}); "
           f"evaluation {protocol.describe()}; {args.seeds} seed(s); mean ± std over seeds x models.\n")
-    print("| dataset | IPC | random subset | DM | DM - random |")
-    print("|---|---|---|---|---|")
+    print("| dataset | IPC | lr_img | random subset |" + (" DM start |" if args.init else "") + " DM | DM - random |")
+    print("|---|---|---|---|" + ("---|" if args.init else "") + "---|---|")
     for dataset in args.datasets:
         for ipc in args.ipcs:
-            configs = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations,
-                                     batch_real=args.batch_real, seed=s) for s in range(args.seeds)]
-            random, dm = (pooled([run_cell(Cell(c, protocol, method)) for c in configs])
-                          for method in ("random", "distill"))
-            print(f"| {dataset} | {ipc} | {random} | {dm} | {100 * (dm.mean - random.mean):+.2f} |", flush=True)
+            base = DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
+                                 lr_img=args.lr_img[0])
+            if choosing:
+                lr_img, scores = choose({lr: replace(base, lr_img=lr) for lr in args.lr_img},
+                                        replace(protocol, num_models=args.val_models), args.validation)
+                print(f"  {dataset} ipc{ipc} validation: " + "; ".join(f"lr_img {lr:g}: {r}" for lr, r in scores.items()),
+                      flush=True)
+                base = replace(base, lr_img=lr_img)
+            configs = [replace(base, seed=s) for s in range(args.seeds)]
+            methods = ("random", "init", "distill") if args.init else ("random", "distill")
+            r = {m: pooled([run_cell(Cell(c, protocol, m)) for c in configs]) for m in methods}
+            start = f" {r['init']} |" if args.init else ""
+            print(f"| {dataset} | {ipc} | {base.lr_img:g} | {r['random']} |{start} {r['distill']} | "
+                  f"{100 * (r['distill'].mean - r['random'].mean):+.2f} |", flush=True)
 
 
 if __name__ == "__main__":

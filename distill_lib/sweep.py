@@ -29,12 +29,14 @@ from .featnet import pretrain
 from .synthetic import SyntheticSet
 from .train import resolve_device
 
-METHODS = ("distill", "random")
+METHODS = ("distill", "random", "init")
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One measurement: ``method`` 'distill' runs ``config``; 'random' is the random subset of ``config.ipc``."""
+    """One measurement: ``method`` 'distill' runs ``config``; 'random' is the random subset of ``config.ipc``;
+    'init' is the set ``config``'s distillation starts from (0 iterations), which separates "which real images were
+    drawn" from "what distillation changed" when a distilled set is compared with a random subset."""
 
     config: DistillConfig
     protocol: EvalProtocol
@@ -51,6 +53,8 @@ class Cell:
         config = self.config.identity()  # resolved method defaults; DM keys unchanged by IDM's fields
         if self.method == "random":  # only these fields define a random subset
             config = {k: config[k] for k in ("dataset", "ipc", "seed")}
+        elif self.method == "init":  # ... and these the starting set (IDM's factor decides its tiles)
+            config = {k: config[k] for k in ("dataset", "ipc", "seed", "init")} | {"factor": self.config.resolved().factor}
         protocol = asdict(self.protocol)
         del protocol["compile"]  # changes float rounding only, not the measurement (and keeps older cells valid)
         return {"method": self.method, "config": config, "eval": protocol, "validation": self.validation}
@@ -99,6 +103,8 @@ def synthetic_set(cell: Cell, root=None, cache: DiskCache | None = None) -> Synt
     """The set a cell evaluates: its distilled set (cached, see :func:`synthetic_sets`) or its random subset."""
     if cell.method == "random":
         return random_subset(cell_data(cell, root), cell.config.ipc, cell.config.seed)
+    if cell.method == "init":  # no CC/CM: their feature nets do not change the starting images
+        return Distiller(replace(cell.config, cc=False, cm=False), cell_data(cell, root), progress=False).result()
     return synthetic_sets(cell, [cell.config.iterations], root, cache)[cell.config.iterations]
 
 
@@ -134,7 +140,8 @@ def cell_metrics(cell: Cell, root=None, real_per_class: int = 50) -> dict[str, f
 def describe(cell: Cell) -> str:
     c = cell.config
     paper = f" (CC paper form, beta {c.cc_beta:g})" if c.cc and c.cc_form == "paper" else ""
-    what = "random" if cell.method == "random" else f"{c.label()}{paper} {c.iterations} it"
+    what = {"random": "random", "init": f"{c.label()} initialisation"}.get(cell.method,
+                                                                             f"{c.label()}{paper} {c.iterations} it")
     where = f"val{cell.validation}" if cell.validation else "test"
     return f"{c.dataset} ipc{c.ipc} {what} seed{c.seed} ({where})"
 
@@ -164,6 +171,16 @@ def sweep(configs: list[DistillConfig], protocol: EvalProtocol, validation: int 
                                  skip=distributed.from_main(cached))
     return [{**asdict(config.resolved()), "validation": validation, "accuracies": result.accuracies, "mean": result.mean,
              "std": result.std} for config, result in zip(configs, results)]
+
+
+def choose(candidates: dict, protocol: EvalProtocol, validation: int, root=None) -> tuple[object, dict]:
+    """The key of ``candidates`` ({value: DistillConfig}) whose set scores best on ``validation`` held-out training
+    images per class (never the test set), and every candidate's validation result (cached cells)."""
+    if validation <= 0:
+        raise ValueError(f"choosing needs a validation split (validation > 0), got {validation}")
+    results = {value: run_cell(Cell(config, protocol, validation=validation), root)
+               for value, config in candidates.items()}
+    return max(results, key=lambda value: results[value].mean), results
 
 
 def pooled(results: list[EvalResult]) -> EvalResult:

@@ -62,6 +62,20 @@ def test_cell_matches_distill_then_evaluate(digits, calls):
     assert random.accuracies == evaluate(random_subset(digits, 2, 0), digits, PROTOCOL).accuracies
 
 
+def test_init_cell_is_the_distillation_start(digits, calls):
+    """'init' evaluates the images DM starts from: the Distiller's own draw, not the random subset's, and one cached
+    cell serves every config that starts from the same images (another lr, more iterations, CC/CM on)."""
+    start = synthetic_set(Cell(BASE, PROTOCOL, method="init"))
+    assert torch.equal(start.images, Distiller(BASE, digits, progress=False).images.detach())
+    assert not torch.equal(start.images, random_subset(digits, BASE.ipc, BASE.seed).images)
+    assert calls.steps == 0
+    first = run_cell(Cell(BASE, PROTOCOL, method="init"), verbose=False)
+    again = run_cell(Cell(replace(BASE, lr_img=0.5, iterations=7, cm=True), PROTOCOL, method="init"), verbose=False)
+    assert again == first and calls.evaluations == 1
+    run_cell(Cell(replace(BASE, seed=1), PROTOCOL, method="init"), verbose=False)
+    assert calls.evaluations == 2  # another seed draws other images
+
+
 def test_idm_cell_set_keeps_its_partitions(digits):
     """A cached IDM set is the distilled one, factor included, so evaluation trains on the decoded tiles."""
     config = replace(BASE, method="idm", iterations=2, queue_length=2, queue_push_interval=1, queue_train_nets=1,
