@@ -14,7 +14,7 @@ from . import augment, distributed, seeding
 from .data import RealData
 from .models import get_model
 from .synthetic import SyntheticSet
-from .train import COMPILE_MODES, TrainSpec, accuracy, resolve_device, train_classifier, use_compile
+from .train import TrainSpec, accuracy, resolve_device, train_classifier, use_compile
 
 COMPILE_MIN_WORK = 30_000  # image-passes; eager costs ~6 ms per image-pass on one core, so >= ~3 minutes of training
 
@@ -39,8 +39,7 @@ class EvalProtocol:
     def __post_init__(self):
         if self.num_models < 1:
             raise ValueError(f"num_models must be >= 1, got {self.num_models}")
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
+        use_compile(self.compile, torch.device("cpu"), False)  # validates the mode
         self.train_spec()  # validates epochs, lr, batch size and the strategy
         augment.parse_strategy(self.dsa_strategy)  # also when dsa=False, so a typo never hides in the protocol
         resolve_device(self.device)

@@ -54,7 +54,8 @@ class Cell:
         if self.method == "random":  # only these fields define a random subset
             config = {k: config[k] for k in ("dataset", "ipc", "seed")}
         elif self.method == "init":  # ... and these the starting set (IDM's factor decides its tiles)
-            config = {k: config[k] for k in ("dataset", "ipc", "seed", "init")} | {"factor": self.config.resolved().factor}
+            config = {k: config[k] for k in ("dataset", "ipc", "seed", "init")} | {
+                "factor": self.config.resolved().factor}
         protocol = asdict(self.protocol)
         del protocol["compile"]  # changes float rounding only, not the measurement (and keeps older cells valid)
         return {"method": self.method, "config": config, "eval": protocol, "validation": self.validation}
