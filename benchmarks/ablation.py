@@ -2,19 +2,25 @@
 
     python benchmarks/ablation.py                                   # Fashion-MNIST and CIFAR-10 at IPC 10
     python benchmarks/ablation.py --datasets cifar10 --ipcs 10 50 --seeds 2
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/ablation.py --datasets fashion_mnist   # 2 cores
 
 Stage 1 (selection): for each data set, lambda_CC and lambda_CM are each chosen from a small grid by accuracy on
 ``--validation`` held-out training images per class (the distillation, the feature net and the evaluation networks
 then see only the rest of the training set). The real test set is not looked at. Stage 2 (test): the four variants
-with the chosen lambdas, mean ± std over seeds x evaluation models. Every cell is cached (distill_lib.sweep).
+with the chosen lambdas, mean ± std over seeds x evaluation models. Every cell is cached (distill_lib.sweep); each
+stage is one sweep, so under torchrun its cells (and first the feature nets they need) are dealt over the processes.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 
-from common import parser, setup
-from distill_lib import DistillConfig, EvalProtocol
-from distill_lib.sweep import Cell, choose, pooled, run_cell
+from common import parser, setup, validation_flags
+from distill_lib import DistillConfig, EvalProtocol, distributed
+from distill_lib.evaluate import EvalResult
+from distill_lib.sweep import sweep
+from distill_lib.train import resolve_device
+
+TERMS = {"lambda_cc": "cc", "lambda_cm": "cm"}  # each lambda and the switch of its term
 
 
 def variants(base: DistillConfig, lambda_cc: float, lambda_cm: float) -> dict[str, DistillConfig]:
@@ -24,14 +30,10 @@ def variants(base: DistillConfig, lambda_cc: float, lambda_cm: float) -> dict[st
             "+CC+CM": replace(base, cc=True, cm=True, lambda_cc=lambda_cc, lambda_cm=lambda_cm)}
 
 
-def select(base: DistillConfig, protocol: EvalProtocol, field: str, values: list[float], validation: int) -> float:
-    """The value of ``field`` (with its term switched on) with the best validation accuracy; prints the scan."""
-    switch = {"lambda_cc": "cc", "lambda_cm": "cm"}[field]
-    best, scores = choose({v: replace(base, **{switch: True, field: v}) for v in values}, protocol, validation)
-    dm = run_cell(Cell(base, protocol, validation=validation))
-    print(f"  {base.dataset} ipc{base.ipc} validation scan of {field}: DM {dm}; " +
-          "; ".join(f"{v}: {r}" for v, r in scores.items()), flush=True)
-    return best
+def candidates(base: DistillConfig, grids: dict[str, list[float]]) -> list[tuple[str | None, float | None, DistillConfig]]:
+    """The selection cells of one (data set, IPC): DM, then each lambda's grid with only its term switched on."""
+    return [(None, None, base)] + [(field, v, replace(base, **{TERMS[field]: True, field: v}))
+                                   for field, values in grids.items() for v in values]
 
 
 def main() -> None:
@@ -41,32 +43,61 @@ def main() -> None:
     p.add_argument("--featnet-per-class", type=int, default=1000, help="training images per class for the feature net")
     p.add_argument("--lambda-cc", nargs="+", type=float, default=[0.01, 0.05, 0.2])
     p.add_argument("--lambda-cm", nargs="+", type=float, default=[0.003, 0.01, 0.03])
-    p.add_argument("--validation", type=int, default=500, help="held-out training images per class for selection")
+    validation_flags(p)
     args = p.parse_args()
     setup(args)
 
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
-    print(f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
-          f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per class, "
-          f"simplified CC; lambdas chosen on {args.validation} validation images per class; evaluation "
-          f"{protocol.describe()}; {args.seeds} distillation seeds.\n")
-    rows = []
-    for dataset in args.datasets:
-        for ipc in args.ipcs:
-            base = DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
-                                 featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
-                                 featnet_per_class=args.featnet_per_class)
-            lambda_cc = select(base, protocol, "lambda_cc", args.lambda_cc, args.validation)
-            lambda_cm = select(base, protocol, "lambda_cm", args.lambda_cm, args.validation)
-            results = {name: pooled([run_cell(Cell(replace(config, seed=s), protocol)) for s in range(args.seeds)])
-                       for name, config in variants(base, lambda_cc, lambda_cm).items()}
-            rows.append((dataset, ipc, lambda_cc, lambda_cm, results))
-    print("\n| dataset | IPC | lambda_CC | lambda_CM | DM | +CC | +CM | +CC+CM | +CC+CM - DM |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for dataset, ipc, lcc, lcm, r in rows:
-        gain = 100 * (r["+CC+CM"].mean - r["DM"].mean)
-        print(f"| {dataset} | {ipc} | {lcc} | {lcm} | {r['DM']} | {r['+CC']} | {r['+CM']} | {r['+CC+CM']} | "
-              f"{gain:+.2f} |")
+    distributed.setup(resolve_device(protocol.device))  # under torchrun: join now, so only rank 0 prints
+    val_protocol = replace(protocol, num_models=args.val_models)
+    say(f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
+        f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per class, "
+        f"simplified CC; lambdas chosen on {args.validation} validation images per class ({args.val_models} "
+        f"evaluation net(s)); evaluation {protocol.describe()}; {args.seeds} distillation seeds.\n", flush=True)
+    grids = {"lambda_cc": args.lambda_cc, "lambda_cm": args.lambda_cm}
+    bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
+                           featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
+                           featnet_per_class=args.featnet_per_class) for dataset in args.datasets for ipc in args.ipcs]
+
+    # Stage 1: every selection cell of every (data set, IPC) in one sweep.
+    scans = [candidates(base, grids) for base in bases]
+    records = iter(sweep([config for scan in scans for _, _, config in scan], val_protocol, args.validation))
+    chosen = []
+    for base, scan in zip(bases, scans):
+        scored = [(field, value, next(records)) for field, value, _ in scan]
+        picks = {}
+        for field in grids:
+            tried = [(value, r) for f, value, r in scored if f == field]
+            picks[field] = max(tried, key=lambda t: t[1]["mean"])[0]
+            say(f"  {base.dataset} ipc{base.ipc} validation scan of {field}: DM {result(scored[0][2])}; " +
+                "; ".join(f"{value:g}: {result(r)}" for value, r in tried), flush=True)
+        chosen.append(picks)
+
+    # Stage 2: the four variants x seeds of every (data set, IPC) in one sweep (seeds adjacent: ranks share them out).
+    tests = [(i, name, replace(config, seed=s)) for i, (base, picks) in enumerate(zip(bases, chosen))
+             for name, config in variants(base, picks["lambda_cc"], picks["lambda_cm"]).items()
+             for s in range(args.seeds)]
+    results = sweep([config for _, _, config in tests], protocol)
+    pooled = {}  # (base, variant) -> accuracies over seeds x models
+    for (i, name, _), record in zip(tests, results):
+        pooled.setdefault((i, name), []).extend(record["accuracies"])
+    say("\n| dataset | IPC | lambda_CC | lambda_CM | DM | +CC | +CM | +CC+CM | +CC+CM - DM |")
+    say("|---|---|---|---|---|---|---|---|---|")
+    for i, (base, picks) in enumerate(zip(bases, chosen)):
+        cols = {name: EvalResult(tuple(pooled[(i, name)])) for name in ("DM", "+CC", "+CM", "+CC+CM")}
+        gain = 100 * (cols["+CC+CM"].mean - cols["DM"].mean)
+        say(f"| {base.dataset} | {base.ipc} | {picks['lambda_cc']:g} | {picks['lambda_cm']:g} | " +
+            " | ".join(str(r) for r in cols.values()) + f" | {gain:+.2f} |")
+
+
+def say(*args, **kwargs) -> None:
+    """print on rank 0 only (asked at each call: the process group is joined by the first sweep)."""
+    if distributed.is_main():
+        print(*args, **kwargs)
+
+
+def result(record: dict) -> EvalResult:
+    return EvalResult(tuple(record["accuracies"]))
 
 
 if __name__ == "__main__":

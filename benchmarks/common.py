@@ -27,6 +27,13 @@ def parser(doc: str, datasets: list[str], ipcs: list[int], seeds: int) -> argpar
     return p
 
 
+def validation_flags(p: argparse.ArgumentParser) -> None:
+    """--validation and --val-models: where hyper-parameters are chosen (held-out training images, never the test
+    set) and with how many evaluation nets per candidate."""
+    p.add_argument("--validation", type=int, default=500, help="held-out training images per class for choosing")
+    p.add_argument("--val-models", type=int, default=1, help="evaluation nets per validation cell")
+
+
 def setup(args: argparse.Namespace) -> None:
     """Apply --threads and point DISTILL_DATA at ../shared/data when it is unset and that folder exists."""
     if args.threads:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from common import parser, setup
+from common import parser, setup, validation_flags
 from distill_lib import DistillConfig, EvalProtocol
 from distill_lib.sweep import Cell, choose, pooled, run_cell
 
@@ -25,8 +25,7 @@ from distill_lib.sweep import Cell, choose, pooled, run_cell
 def main() -> None:
     p = parser(__doc__, datasets=["fashion_mnist", "cifar10", "mnist"], ipcs=[1, 10, 50], seeds=1)
     p.add_argument("--lr-img", nargs="+", type=float, default=[1.0], help="candidates, chosen on validation if > 1")
-    p.add_argument("--validation", type=int, default=500, help="held-out training images per class for --lr-img")
-    p.add_argument("--val-models", type=int, default=1, help="evaluation nets per validation cell")
+    validation_flags(p)
     p.add_argument("--init", action="store_true", help="also evaluate DM's initial images")
     args = p.parse_args()
     setup(args)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import os
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, Callable
 
 import torch
@@ -56,15 +57,30 @@ def launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def collective_timeout() -> timedelta:
+    """How long a rank waits for the others at a collective: ``DISTILL_COLLECTIVE_TIMEOUT_MIN`` minutes, default
+    24 hours. torch's 30-minute default is shorter than one sweep cell (a rank that finished its cells waits for
+    the slowest), and a dead peer does not need the timeout: torchrun ends the whole job when a process dies."""
+    minutes = os.environ.get("DISTILL_COLLECTIVE_TIMEOUT_MIN", str(24 * 60))
+    try:
+        value = float(minutes)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise ValueError(f"DISTILL_COLLECTIVE_TIMEOUT_MIN must be a positive number of minutes, got {minutes!r}")
+    return timedelta(minutes=value)
+
+
 def setup(device: torch.device | str = "cpu") -> None:
     """Join the process group once, if launched: NCCL when ``device`` is CUDA, else gloo. Idempotent."""
     if not launched() or dist.is_initialized():
         return
+    timeout = collective_timeout()
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", timeout=timeout)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
     atexit.register(_teardown)
 
 

@@ -25,7 +25,7 @@ from .cache import DiskCache
 from .data import RealData, load_dataset
 from .distill import DistillConfig, Distiller
 from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
-from .featnet import pretrain
+from .featnet import FeatNetSpec, pretrain
 from .synthetic import SyntheticSet
 from .train import resolve_device
 
@@ -158,7 +158,8 @@ def sweep(configs: list[DistillConfig], protocol: EvalProtocol, validation: int 
     """Run (or fetch) a cell per config; a tidy record per cell with its settings and mean/std accuracy.
 
     Under torchrun rank 0 reads the cached cells, the others are computed one per rank (round-robin, each by one
-    process), and every rank returns all records in config order.
+    process), and every rank returns all records in config order. The CC feature nets the uncached cells need are
+    pretrained first, each by one rank (:func:`featnets_needed`), so two ranks never train the same net at once.
     """
     cells = [Cell(config, protocol, validation=validation) for config in configs]
     distributed.setup(resolve_device(protocol.device))
@@ -168,10 +169,26 @@ def sweep(configs: list[DistillConfig], protocol: EvalProtocol, validation: int 
         values = {i: cache.get(cell.key()) for i, cell in enumerate(cells)}
         return {i: EvalResult(tuple(v["accuracies"]), asdict(protocol)) for i, v in values.items() if v is not None}
 
-    results = distributed.spread(len(cells), lambda i: run_cell(cells[i], root, cache, verbose),
-                                 skip=distributed.from_main(cached))
+    done = distributed.from_main(cached)
+    needed = featnets_needed([cell for i, cell in enumerate(cells) if i not in done])
+    distributed.spread(len(needed), lambda i: pretrain(cell_data(needed[i][0], root), needed[i][1])[1])
+    results = distributed.spread(len(cells), lambda i: run_cell(cells[i], root, cache, verbose), skip=done)
     return [{**asdict(config.resolved()), "validation": validation, "accuracies": result.accuracies, "mean": result.mean,
              "std": result.std} for config, result in zip(configs, results)]
+
+
+def featnets_needed(cells: list[Cell]) -> list[tuple[Cell, FeatNetSpec]]:
+    """Each distinct CC feature net the cells will pretrain, once, with a cell whose data it trains on: one per
+    (data set, validation split, spec), where a pool of K nets asks for seeds seed .. seed + K - 1."""
+    needed = {}
+    for cell in cells:
+        config = cell.config
+        if cell.method != "distill" or not config.cc:
+            continue
+        for k in range(config.featnet_pool):
+            spec = replace(config.featnet_spec(), seed=config.seed + k)
+            needed.setdefault((config.dataset, cell.validation, spec), (cell, spec))
+    return list(needed.values())
 
 
 def choose(candidates: dict, protocol: EvalProtocol, validation: int, root=None) -> tuple[object, dict]:

@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,17 @@ def test_single_process_helpers_are_the_identity():
     assert distributed.from_main(lambda: 7) == 7 and distributed.all_gather_object("a") == ["a"]
     distributed.check_same({"config": {"a": 1}})
     assert distributed.shard_classes(10) == list(range(10))
+
+
+def test_collective_timeout_outlasts_a_sweep_cell_and_rejects_bad_values(monkeypatch):
+    monkeypatch.delenv("DISTILL_COLLECTIVE_TIMEOUT_MIN", raising=False)
+    assert distributed.collective_timeout() == timedelta(hours=24)
+    monkeypatch.setenv("DISTILL_COLLECTIVE_TIMEOUT_MIN", "90")
+    assert distributed.collective_timeout() == timedelta(minutes=90)
+    for bad in ("0", "-5", "soon"):
+        monkeypatch.setenv("DISTILL_COLLECTIVE_TIMEOUT_MIN", bad)
+        with pytest.raises(ValueError, match="DISTILL_COLLECTIVE_TIMEOUT_MIN"):
+            distributed.collective_timeout()
 
 
 def test_spread_deals_round_robin_over_uncached_items_and_keeps_order(monkeypatch):

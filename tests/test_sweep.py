@@ -166,6 +166,42 @@ def test_sweep_records_one_tidy_row_per_config(calls):
     assert calls.evaluations == 2  # the checks above were cache hits
 
 
+def test_featnets_needed_once_per_data_split_spec_and_pool_seed():
+    cc = replace(BASE, cc=True, featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+    cells = [Cell(replace(cc, lambda_cc=0.1), PROTOCOL), Cell(replace(cc, lambda_cc=0.2, cm=True), PROTOCOL),
+             Cell(replace(cc, seed=1), PROTOCOL), Cell(cc, PROTOCOL, validation=5),
+             Cell(replace(cc, featnet_pool=2), PROTOCOL),  # seeds 0 (already listed) and 1 (listed too)
+             Cell(replace(cc, featnet_epochs=2), PROTOCOL),
+             Cell(BASE, PROTOCOL), Cell(cc, PROTOCOL, method="random"), Cell(cc, PROTOCOL, method="init")]
+    needed = sweep.featnets_needed(cells)
+    assert [(cell.validation, spec.seed, spec.epochs) for cell, spec in needed] == [(0, 0, 1), (0, 1, 1), (5, 0, 1),
+                                                                                   (0, 0, 2)]
+    assert needed[2][0] is cells[3]  # pretrained on that cell's data: the validation split
+
+
+def test_sweep_pretrains_each_feature_net_once_before_the_cells(calls, monkeypatch):
+    cc = replace(BASE, cc=True, featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+    order = []
+    real_pretrain, real_run_cell = sweep.pretrain, sweep.run_cell
+
+    def spy_pretrain(data, spec, *args, **kwargs):
+        order.append(("pretrain", len(data.x_train), spec.seed))
+        return real_pretrain(data, spec, *args, **kwargs)
+
+    def spy_run_cell(cell, *args, **kwargs):
+        order.append(("cell", cell.config.lambda_cc))
+        return real_run_cell(cell, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "pretrain", spy_pretrain)
+    monkeypatch.setattr(sweep, "run_cell", spy_run_cell)
+    n_train = len(cell_data(Cell(cc, PROTOCOL, validation=3)).x_train)
+    sweep.sweep(grid(cc, lambda_cc=[0.1, 0.2]), PROTOCOL, validation=3, verbose=False)
+    assert order == [("pretrain", n_train, 0), ("cell", 0.1), ("cell", 0.2)]
+    order.clear()
+    sweep.sweep(grid(cc, lambda_cc=[0.1, 0.2]), PROTOCOL, validation=3, verbose=False)
+    assert order == []  # both cells cached: nothing to pretrain or run
+
+
 def test_cell_metrics_in_the_cells_own_feature_net(digits):
     config = replace(BASE, featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
     cell = Cell(config, PROTOCOL, validation=5)
