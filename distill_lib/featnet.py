@@ -74,9 +74,14 @@ class FeatNetPool:
     def __init__(self, data: RealData, spec: FeatNetSpec, size: int, device="cpu", progress: bool = False):
         if size < 1:
             raise ValueError(f"feature-net pool size must be >= 1, got {size}")
-        pretrained = [pretrain(data, replace(spec, seed=spec.seed + k), device, progress) for k in range(size)]
+        pretrained = [pretrain(data, member, device, progress) for member in self.specs(spec, size)]
         self.nets = [net for net, _ in pretrained]
         self.accuracies = [acc for _, acc in pretrained]
+
+    @staticmethod
+    def specs(spec: FeatNetSpec, size: int) -> list[FeatNetSpec]:
+        """The pool's members: ``spec`` with seeds spec.seed .. spec.seed + size - 1."""
+        return [replace(spec, seed=spec.seed + k) for k in range(size)]
 
     def sample(self, generator: torch.Generator) -> nn.Module:
         return self.nets[int(torch.randint(len(self.nets), (1,), generator=generator))]

@@ -25,7 +25,7 @@ from .cache import DiskCache
 from .data import RealData, load_dataset
 from .distill import DistillConfig, Distiller
 from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
-from .featnet import FeatNetSpec, pretrain
+from .featnet import FeatNetPool, FeatNetSpec, pretrain
 from .synthetic import SyntheticSet
 from .train import resolve_device
 
@@ -179,14 +179,13 @@ def sweep(configs: list[DistillConfig], protocol: EvalProtocol, validation: int 
 
 def featnets_needed(cells: list[Cell]) -> list[tuple[Cell, FeatNetSpec]]:
     """Each distinct CC feature net the cells will pretrain, once, with a cell whose data it trains on: one per
-    (data set, validation split, spec), where a pool of K nets asks for seeds seed .. seed + K - 1."""
+    (data set, validation split, spec), a pool asking for each of its members (:meth:`FeatNetPool.specs`)."""
     needed = {}
     for cell in cells:
         config = cell.config
         if cell.method != "distill" or not config.cc:
             continue
-        for k in range(config.featnet_pool):
-            spec = replace(config.featnet_spec(), seed=config.seed + k)
+        for spec in FeatNetPool.specs(config.featnet_spec(), config.featnet_pool):
             needed.setdefault((config.dataset, cell.validation, spec), (cell, spec))
     return list(needed.values())
 
