@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from common import parser, setup, validation_flags
+from common import parser, say, setup, validation_flags
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.evaluate import EvalResult
 from distill_lib.sweep import sweep
@@ -88,12 +88,6 @@ def main() -> None:
         gain = 100 * (cols["+CC+CM"].mean - cols["DM"].mean)
         say(f"| {base.dataset} | {base.ipc} | {picks['lambda_cc']:g} | {picks['lambda_cm']:g} | " +
             " | ".join(str(r) for r in cols.values()) + f" | {gain:+.2f} |")
-
-
-def say(*args, **kwargs) -> None:
-    """print on rank 0 only (asked at each call: the process group is joined by the first sweep)."""
-    if distributed.is_main():
-        print(*args, **kwargs)
 
 
 def result(record: dict) -> EvalResult:

@@ -1,4 +1,4 @@
-"""What every benchmark script shares: the budget flags, the thread count and where the data is."""
+"""What every benchmark script shares: the budget flags, the thread count, where the data is, printing once."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
+
+from distill_lib import distributed  # noqa: E402  (imported from this checkout, found through the line above)
 
 
 def parser(doc: str, datasets: list[str], ipcs: list[int], seeds: int) -> argparse.ArgumentParser:
@@ -32,6 +34,12 @@ def validation_flags(p: argparse.ArgumentParser) -> None:
     set) and with how many evaluation nets per candidate."""
     p.add_argument("--validation", type=int, default=500, help="held-out training images per class for choosing")
     p.add_argument("--val-models", type=int, default=1, help="evaluation nets per validation cell")
+
+
+def say(*args, **kwargs) -> None:
+    """print on rank 0 only, so a torchrun job prints each line once (call after joining the process group)."""
+    if distributed.is_main():
+        print(*args, **kwargs)
 
 
 def setup(args: argparse.Namespace) -> None:

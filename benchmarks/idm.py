@@ -2,6 +2,7 @@
 
     python benchmarks/idm.py --threads 1                     # Fashion-MNIST and CIFAR-10 at IPC 1 and 10, 2 seeds
     python benchmarks/idm.py --datasets cifar10 --ipcs 10 --queue-train-steps 10 --queue-batch 256  # authors' queue
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/idm.py --threads 1    # the cells dealt over 2 processes
 
 Storage is the same in every column of a row: IPC stored images per class. An IDM image holds 2x2 partitions (four
 training images after decoding), a DM image one, and the random subset is IPC real images per class. Every method
@@ -18,10 +19,11 @@ from __future__ import annotations
 import statistics
 from dataclasses import replace
 
-from common import parser, setup
-from distill_lib import DistillConfig, EvalProtocol
+from common import parser, say, setup
+from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.cache import DiskCache
-from distill_lib.sweep import Cell, pooled, run_cell
+from distill_lib.sweep import Cell, pooled, run_cells
+from distill_lib.train import resolve_device
 
 METHODS = {"DM": dict(method="dm"), "DM+CC+CM": dict(method="dm", cc=True, cm=True),
            "IDM": dict(method="idm"), "IDM+CC+CM": dict(method="idm", cc=True, cm=True)}
@@ -41,46 +43,45 @@ def main() -> None:
     setup(args)
 
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
-    cache = DiskCache("sweep")
+    distributed.setup(resolve_device(protocol.device))  # under torchrun: join now, so only rank 0 prints
     dm, idm = (DistillConfig(method=m).resolved() for m in ("dm", "idm"))
-    print(f"Storage = IPC images per class in every column (an IDM image stores {idm.factor}x{idm.factor} partitions, "
-          f"i.e. {idm.factor ** 2} training images; the random subset is IPC real images per class).\n"
-          f"Budget: {args.iterations} iterations for every method, batch_real {args.batch_real}, init real, full DSA; "
-          f"lr_img DM {dm.lr_img}, IDM {idm.lr_img}; IDM queue of ConvNets ({idm.queue_train_nets} trained per "
-          f"iteration, {args.queue_train_steps} SGD steps of {args.queue_batch} real images each, lr {idm.queue_lr}, "
-          f"a new net every {args.queue_push_interval} iterations, at most {idm.queue_length}), CE weight "
-          f"{idm.ce_weight} x net accuracy; lambda_CC / lambda_CM DM {dm.lambda_cc} / {dm.lambda_cm}, IDM "
-          f"{idm.lambda_cc} / {idm.lambda_cm}, {idm.cc_form} CC on a {args.featnet_arch} feature net trained "
-          f"{args.featnet_epochs} epochs on {args.featnet_per_class} images per class; evaluation on the decoded "
-          f"images: {protocol.describe()}; {args.seeds} distillation seed(s); mean ± std over seeds x models.\n"
-          f"At IPC 1, DM+CC+CM equals DM in effect: one sample per class makes CC zero and CM gradient-free.\n")
-    print("| dataset | IPC | random subset | DM | DM+CC+CM | IDM | IDM+CC+CM | IDM - DM | IDM+CC+CM - DM+CC+CM |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    seconds = []
-    for dataset in args.datasets:
-        for ipc in args.ipcs:
-            base = DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
-                                 featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
-                                 featnet_per_class=args.featnet_per_class, queue_train_steps=args.queue_train_steps,
-                                 queue_batch=args.queue_batch, queue_push_interval=args.queue_push_interval)
-            seeds = [replace(base, seed=s) for s in range(args.seeds)]
-            random = pooled([run_cell(Cell(c, protocol, "random"), cache=cache) for c in seeds])
-            r, per_it = {}, {}
-            for name, overrides in METHODS.items():
-                cells = [Cell(replace(c, **overrides), protocol) for c in seeds]
-                r[name] = pooled([run_cell(cell, cache=cache) for cell in cells])
-                histories = [cache.get(cell.key())["history"] for cell in cells]
-                per_it[name] = statistics.fmean(h["seconds"] for history in histories for h in history)
-            seconds.append((dataset, ipc, per_it))
-            print(f"| {dataset} | {ipc} | {random} | {r['DM']} | {r['DM+CC+CM']} | {r['IDM']} | {r['IDM+CC+CM']} | "
-                  f"{100 * (r['IDM'].mean - r['DM'].mean):+.2f} | "
-                  f"{100 * (r['IDM+CC+CM'].mean - r['DM+CC+CM'].mean):+.2f} |", flush=True)
-    print("\nSeconds per distillation iteration (mean over the iterations of every seed, as measured when each cell "
-          "was computed):\n")
-    print("| dataset | IPC | " + " | ".join(METHODS) + " |")
-    print("|---|---|" + "---|" * len(METHODS))
-    for dataset, ipc, per_it in seconds:
-        print(f"| {dataset} | {ipc} | " + " | ".join(f"{per_it[m]:.2f}" for m in METHODS) + " |")
+    say(f"Storage = IPC images per class in every column (an IDM image stores {idm.factor}x{idm.factor} partitions, "
+        f"i.e. {idm.factor ** 2} training images; the random subset is IPC real images per class).\n"
+        f"Budget: {args.iterations} iterations for every method, batch_real {args.batch_real}, init real, full DSA; "
+        f"lr_img DM {dm.lr_img}, IDM {idm.lr_img}; IDM queue of ConvNets ({idm.queue_train_nets} trained per "
+        f"iteration, {args.queue_train_steps} SGD steps of {args.queue_batch} real images each, lr {idm.queue_lr}, "
+        f"a new net every {args.queue_push_interval} iterations, at most {idm.queue_length}), CE weight "
+        f"{idm.ce_weight} x net accuracy; lambda_CC / lambda_CM DM {dm.lambda_cc} / {dm.lambda_cm}, IDM "
+        f"{idm.lambda_cc} / {idm.lambda_cm}, {idm.cc_form} CC on a {args.featnet_arch} feature net trained "
+        f"{args.featnet_epochs} epochs on {args.featnet_per_class} images per class; evaluation on the decoded "
+        f"images: {protocol.describe()}; {args.seeds} distillation seed(s); mean ± std over seeds x models.\n"
+        f"At IPC 1, DM+CC+CM equals DM in effect: one sample per class makes CC zero and CM gradient-free.\n")
+    bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
+                           featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
+                           featnet_per_class=args.featnet_per_class, queue_train_steps=args.queue_train_steps,
+                           queue_batch=args.queue_batch, queue_push_interval=args.queue_push_interval)
+             for dataset in args.datasets for ipc in args.ipcs]
+    # Every cell of the table is one spread (under torchrun dealt over the processes).
+    cells = {(base, name): [Cell(replace(base, seed=s), protocol, "random") if name == "random" else
+                            Cell(replace(base, seed=s, **METHODS[name]), protocol) for s in range(args.seeds)]
+             for base in bases for name in ("random", *METHODS)}
+    results = iter(run_cells([cell for group in cells.values() for cell in group]))
+    r = {key: pooled([next(results) for _ in group]) for key, group in cells.items()}
+    cache = DiskCache("sweep")
+    say("| dataset | IPC | random subset | DM | DM+CC+CM | IDM | IDM+CC+CM | IDM - DM | IDM+CC+CM - DM+CC+CM |")
+    say("|---|---|---|---|---|---|---|---|---|")
+    for b in bases:
+        say(f"| {b.dataset} | {b.ipc} | {r[b, 'random']} | {r[b, 'DM']} | {r[b, 'DM+CC+CM']} | {r[b, 'IDM']} | "
+            f"{r[b, 'IDM+CC+CM']} | {100 * (r[b, 'IDM'].mean - r[b, 'DM'].mean):+.2f} | "
+            f"{100 * (r[b, 'IDM+CC+CM'].mean - r[b, 'DM+CC+CM'].mean):+.2f} |", flush=True)
+    say("\nSeconds per distillation iteration (mean over the iterations of every seed, as measured when each cell "
+        "was computed):\n")
+    say("| dataset | IPC | " + " | ".join(METHODS) + " |")
+    say("|---|---|" + "---|" * len(METHODS))
+    for b in bases:
+        per_it = [statistics.fmean(h["seconds"] for cell in cells[b, m] for h in cache.get(cell.key())["history"])
+                  for m in METHODS]
+        say(f"| {b.dataset} | {b.ipc} | " + " | ".join(f"{t:.2f}" for t in per_it) + " |")
 
 
 if __name__ == "__main__":

@@ -153,26 +153,34 @@ def grid(base: DistillConfig, **axes) -> list[DistillConfig]:
     return [replace(base, **dict(zip(names, values))) for values in itertools.product(*(axes[n] for n in names))]
 
 
-def sweep(configs: list[DistillConfig], protocol: EvalProtocol, validation: int = 0, root=None,
-          verbose: bool = True) -> list[dict]:
-    """Run (or fetch) a cell per config; a tidy record per cell with its settings and mean/std accuracy.
+def run_cells(cells: list[Cell], root=None, verbose: bool = True) -> list[EvalResult]:
+    """The accuracies of every cell (any method, protocol or split), in order; cached cells are read, not rerun.
 
     Under torchrun rank 0 reads the cached cells, the others are computed one per rank (round-robin, each by one
-    process), and every rank returns all records in config order. The CC feature nets the uncached cells need are
-    pretrained first, each by one rank (:func:`featnets_needed`), so two ranks never train the same net at once.
+    process), and every rank returns all results. The CC feature nets the uncached cells need are pretrained first,
+    each by one rank (:func:`featnets_needed`), so two ranks never train the same net at once.
     """
-    cells = [Cell(config, protocol, validation=validation) for config in configs]
-    distributed.setup(resolve_device(protocol.device))
+    if not cells:
+        return []
+    distributed.setup(resolve_device(cells[0].protocol.device))
     cache = DiskCache("sweep")
 
     def cached() -> dict[int, EvalResult]:
         values = {i: cache.get(cell.key()) for i, cell in enumerate(cells)}
-        return {i: EvalResult(tuple(v["accuracies"]), asdict(protocol)) for i, v in values.items() if v is not None}
+        return {i: EvalResult(tuple(v["accuracies"]), asdict(cells[i].protocol))
+                for i, v in values.items() if v is not None}
 
     done = distributed.from_main(cached)
     needed = featnets_needed([cell for i, cell in enumerate(cells) if i not in done])
     distributed.spread(len(needed), lambda i: pretrain(cell_data(needed[i][0], root), needed[i][1])[1])
-    results = distributed.spread(len(cells), lambda i: run_cell(cells[i], root, cache, verbose), skip=done)
+    return distributed.spread(len(cells), lambda i: run_cell(cells[i], root, cache, verbose), skip=done)
+
+
+def sweep(configs: list[DistillConfig], protocol: EvalProtocol, validation: int = 0, root=None,
+          verbose: bool = True) -> list[dict]:
+    """Run (or fetch) a distillation cell per config (:func:`run_cells`); a tidy record per cell with its settings
+    and mean/std accuracy, in config order."""
+    results = run_cells([Cell(config, protocol, validation=validation) for config in configs], root, verbose)
     return [{**asdict(config.resolved()), "validation": validation, "accuracies": result.accuracies, "mean": result.mean,
              "std": result.std} for config, result in zip(configs, results)]
 
@@ -190,14 +198,19 @@ def featnets_needed(cells: list[Cell]) -> list[tuple[Cell, FeatNetSpec]]:
     return list(needed.values())
 
 
-def choose(candidates: dict, protocol: EvalProtocol, validation: int, root=None) -> tuple[object, dict]:
-    """The key of ``candidates`` ({value: DistillConfig}) whose set scores best on ``validation`` held-out training
-    images per class (never the test set), and every candidate's validation result (cached cells)."""
+def choose(candidate_sets: list[dict], protocol: EvalProtocol, validation: int,
+           root=None) -> list[tuple[object, dict]]:
+    """For each {value: DistillConfig} of ``candidate_sets``, the value whose set scores best on ``validation``
+    held-out training images per class (never the test set) and every candidate's validation result. All candidates
+    of all sets are one :func:`run_cells` call, so under torchrun they are spread over the ranks together."""
     if validation <= 0:
         raise ValueError(f"choosing needs a validation split (validation > 0), got {validation}")
-    results = {value: run_cell(Cell(config, protocol, validation=validation), root)
-               for value, config in candidates.items()}
-    return max(results, key=lambda value: results[value].mean), results
+    if any(not candidates for candidates in candidate_sets):
+        raise ValueError("every candidate set needs at least one candidate")
+    scored = iter(run_cells([Cell(config, protocol, validation=validation)
+                             for candidates in candidate_sets for config in candidates.values()], root))
+    results = [{value: next(scored) for value in candidates} for candidates in candidate_sets]
+    return [(max(r, key=lambda value: r[value].mean), r) for r in results]
 
 
 def pooled(results: list[EvalResult]) -> EvalResult:

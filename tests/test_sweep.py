@@ -166,6 +166,28 @@ def test_sweep_records_one_tidy_row_per_config(calls):
     assert calls.evaluations == 2  # the checks above were cache hits
 
 
+def test_run_cells_mixes_methods_and_splits_in_order(calls):
+    cells = [Cell(BASE, PROTOCOL, "random"), Cell(BASE, PROTOCOL), Cell(BASE, PROTOCOL, "init"),
+             Cell(replace(BASE, seed=1), PROTOCOL, validation=4)]
+    results = sweep.run_cells(cells, verbose=False)
+    assert [r.accuracies for r in results] == [run_cell(c, verbose=False).accuracies for c in cells]
+    assert calls.evaluations == 4  # the per-cell checks were cache hits
+    assert sweep.run_cells([], verbose=False) == []
+
+
+def test_choose_takes_the_best_candidate_on_validation_of_each_set(calls, monkeypatch):
+    sets = [{1.0: BASE, 0.5: replace(BASE, lr_img=0.5)}, {0: BASE, 1: replace(BASE, seed=1), 2: replace(BASE, seed=2)}]
+    picks = sweep.choose(sets, PROTOCOL, validation=4)
+    for candidates, (best, scores) in zip(sets, picks):
+        expected = {v: run_cell(Cell(c, PROTOCOL, validation=4), verbose=False) for v, c in candidates.items()}
+        assert scores == expected  # validation cells (the held-out training images), not test cells
+        assert best == max(expected, key=lambda v: expected[v].mean)
+    assert calls.evaluations == 4  # BASE is one cell in both sets
+    for bad, match in (([{1.0: BASE}], "validation split"), ([{}], "at least one candidate")):
+        with pytest.raises(ValueError, match=match):
+            sweep.choose(bad, PROTOCOL, validation=0 if match == "validation split" else 4)
+
+
 def test_featnets_needed_once_per_data_split_spec_and_pool_seed():
     cc = replace(BASE, cc=True, featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
     cells = [Cell(replace(cc, lambda_cc=0.1), PROTOCOL), Cell(replace(cc, lambda_cc=0.2, cm=True), PROTOCOL),
