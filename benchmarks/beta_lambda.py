@@ -2,6 +2,7 @@
 
     python benchmarks/beta_lambda.py                              # Fashion-MNIST and CIFAR-10 at IPC 10
     python benchmarks/beta_lambda.py --datasets cifar10 --betas 1 2 4 8 16 --seeds 3
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/beta_lambda.py --threads 1   # cells over 2 processes
 
 Does a smaller beta (paper form of CC) tighten the classes of the synthetic set in the feature net's embedding, and
 does it raise accuracy? Which lambda_CC and lambda_CM work? Every choice is made on ``--validation`` held-out
@@ -19,6 +20,8 @@ Stage 2 (test, ``--seeds`` distillation seeds): DM, DM + CC (paper form) at ever
 the lambdas of d. Accuracy: mean ± std over seeds x evaluation networks. Tightness: spread ratio (intra-class spread /
 inter-class distance) and silhouette of the synthetic features in the feature net, and the 1-NN accuracy of real
 held-out images against the synthetic images, each averaged over seeds. Every cell is cached (distill_lib.sweep).
+The cells run in two spreads (stage 1 with a, b and d; then c together with stage 2, whose settings are known by then),
+so under torchrun they are dealt over the processes; rank 0 then computes the metrics and prints.
 """
 from __future__ import annotations
 
@@ -26,10 +29,11 @@ import math
 import statistics
 from dataclasses import replace
 
-from common import parser, setup
-from distill_lib import DistillConfig, EvalProtocol
+from common import parser, say, setup
+from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.analysis import featnet_cc_alpha
-from distill_lib.sweep import Cell, cell_data, cell_metrics, pooled, run_cell
+from distill_lib.sweep import Cell, cell_data, cell_metrics, pooled, pretrain_featnets, run_cells
+from distill_lib.train import resolve_device
 
 LAMBDA_CC_SIMPLIFIED = 0.05  # the authors' value for DM: the reference pull for the paper form's lambda
 METRICS = ("spread_ratio", "silhouette", "knn_accuracy")
@@ -44,21 +48,31 @@ def paper_form(config: DistillConfig, validation: int, beta: float, scale: float
 
 
 class Bench:
-    """The shared protocol and budgets; measures cells and prints the scans as they finish."""
+    """The shared protocol and budgets. ``measure`` runs a stage's cells as one spread (under torchrun dealt over the
+    processes) and keeps them; ``validated``/``tested`` add the tightness metrics, on rank 0 after the stages."""
 
     def __init__(self, protocol: EvalProtocol, validation: int, seeds: int, real_per_class: int):
         self.protocol, self.validation, self.seeds, self.real_per_class = protocol, validation, seeds, real_per_class
+        self.cells, self.accuracy = {}, {}  # key -> its cells (one per seed on test) and their pooled accuracy
 
-    def validate(self, config: DistillConfig) -> dict:
-        cell = Cell(config, self.protocol, validation=self.validation)
-        return {"accuracy": run_cell(cell), **cell_metrics(cell, real_per_class=self.real_per_class)}
+    def measure(self, validation: dict, test: dict) -> None:
+        """Accuracy of each {key: config} of ``validation`` (seed 0, on the held-out split) and each {key: make} of
+        ``test`` (``make(seed)`` for every seed, on the test set); all cells of the stage in one call."""
+        stage = {key: [Cell(config, self.protocol, validation=self.validation)] for key, config in validation.items()}
+        stage |= {key: [Cell(make(s), self.protocol) for s in range(self.seeds)] for key, make in test.items()}
+        results = iter(run_cells([cell for cells in stage.values() for cell in cells]))
+        for key, cells in stage.items():
+            self.cells[key], self.accuracy[key] = cells, pooled([next(results) for _ in cells])
 
-    def test(self, make) -> dict:
-        """Pooled accuracy and seed-averaged metrics of ``make(seed)`` on the test set."""
-        cells = [Cell(make(seed), self.protocol) for seed in range(self.seeds)]
-        accuracy = pooled([run_cell(cell) for cell in cells])  # first: its log line times the distillation
-        metrics = [cell_metrics(cell, real_per_class=self.real_per_class) for cell in cells]
-        return {"accuracy": accuracy, **{k: statistics.fmean(m[k] for m in metrics) for k in METRICS}}
+    def metrics(self, key) -> dict:
+        """Pooled accuracy and seed-averaged tightness metrics of a measured key."""
+        with distributed.local():  # one process; every set is already in the cache
+            metrics = [cell_metrics(cell, real_per_class=self.real_per_class) for cell in self.cells[key]]
+        return {"accuracy": self.accuracy[key], **{k: statistics.fmean(m[k] for m in metrics) for k in METRICS}}
+
+    def best(self, keys: dict):
+        """The value of ``keys`` ({value: key}) whose measured accuracy is highest."""
+        return max(keys, key=lambda value: self.accuracy[keys[value]].mean)
 
 
 def fmt(value: float) -> str:
@@ -86,42 +100,55 @@ def main() -> None:
     setup(args)
 
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
+    distributed.setup(resolve_device(protocol.device))  # under torchrun: join now, so only rank 0 prints
     bench = Bench(protocol, args.validation, args.seeds, args.real_per_class)
-    print(f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
-          f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per class; "
-          f"choices on {args.validation} validation images per class (seed 0); evaluation {protocol.describe()}; "
-          f"{args.seeds} distillation seeds on test; metrics on {args.real_per_class} held-out images per class.\n",
-          flush=True)
+    say(f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
+        f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per class; "
+        f"choices on {args.validation} validation images per class (seed 0); evaluation {protocol.describe()}; "
+        f"{args.seeds} distillation seeds on test; metrics on {args.real_per_class} held-out images per class.\n",
+        flush=True)
+    val = args.validation
+    bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
+                           featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
+                           featnet_per_class=args.featnet_per_class) for dataset in args.datasets for ipc in args.ipcs]
+    # The feature nets first (one per data set and split, each by one rank): alpha and every CC cell use them.
+    pretrain_featnets([Cell(replace(base, cc=True), protocol, validation=v) for base in bases for v in (val, 0)])
+    # Stage 1 (validation): DM; b. the paper form's lambda scale at beta 1; d. the simplified lambda_CC x lambda_CM.
+    bench.measure({**{(b, "DM"): b for b in bases},
+                   **{(b, "scale", s): paper_form(b, val, 1.0, s) for b in bases for s in args.lambda_scale},
+                   **{(b, "grid", cc, cm): replace(b, cc=True, cm=True, lambda_cc=cc, lambda_cm=cm)
+                      for b in bases for cc in args.lambda_cc for cm in args.lambda_cm}}, {})
+    scale = {b: bench.best({s: (b, "scale", s) for s in args.lambda_scale}) for b in bases}
+    lambdas = {b: bench.best({(cc, cm): (b, "grid", cc, cm) for cc in args.lambda_cc for cm in args.lambda_cm})
+               for b in bases}
+    # Stage 2 (validation): c. the beta grid at the chosen scale; and (test) the variants whose settings are known.
+    bench.measure({(b, "beta", beta): paper_form(b, val, beta, scale[b]) for b in bases for beta in args.betas},
+                  {**{(b, "DM", "test"): (lambda s, b=b: replace(b, seed=s)) for b in bases},
+                   **{(b, "beta", beta, "test"): (lambda s, b=b, beta=beta: paper_form(replace(b, seed=s), 0, beta,
+                                                                                       scale[b]))
+                      for b in bases for beta in args.betas},
+                   **{(b, "CC+CM", "test"): (lambda s, b=b: replace(b, seed=s, cc=True, cm=True,
+                                                                   lambda_cc=lambdas[b][0], lambda_cm=lambdas[b][1]))
+                      for b in bases}})
+    if not distributed.is_main():
+        return  # the metrics and tables are rank 0's
     beta_rows, grid_rows, final_rows = [], [], []
-    for dataset in args.datasets:
-        for ipc in args.ipcs:
-            base = DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
-                                 featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
-                                 featnet_per_class=args.featnet_per_class)
-            val = args.validation
-            dm_val = bench.validate(base)
-            # b. the paper form's lambda scale at beta = 1
-            scales = {s: bench.validate(paper_form(base, val, 1.0, s)) for s in args.lambda_scale}
-            scale = max(scales, key=lambda s: scales[s]["accuracy"].mean)
-            print(f"  {dataset} ipc{ipc} validation, paper-form lambda scale at beta 1: DM {dm_val['accuracy']}; " +
-                  "; ".join(f"x{s:g}: {r['accuracy']} (spread {fmt(r['spread_ratio'])})" for s, r in scales.items()) +
-                  f" -> x{scale:g}", flush=True)
-            # c. the beta grid on validation
-            betas_val = {b: bench.validate(paper_form(base, val, b, scale)) for b in args.betas}
-            beta = max(betas_val, key=lambda b: betas_val[b]["accuracy"].mean)
-            # d. the lambda grid of the simplified form, DM + CC + CM
-            grid = {(lcc, lcm): bench.validate(replace(base, cc=True, cm=True, lambda_cc=lcc, lambda_cm=lcm))
-                    for lcc in args.lambda_cc for lcm in args.lambda_cm}
-            lcc, lcm = max(grid, key=lambda k: grid[k]["accuracy"].mean)
-            grid_rows.append((dataset, ipc, dm_val, grid, (lcc, lcm)))
-            # Stage 2: the test set.
-            dm = bench.test(lambda s: replace(base, seed=s))
-            betas_test = {b: bench.test(lambda s, b=b: paper_form(replace(base, seed=s), 0, b, scale))
-                          for b in args.betas}
-            combined = bench.test(lambda s: replace(base, seed=s, cc=True, cm=True, lambda_cc=lcc, lambda_cm=lcm))
-            seed0 = paper_form(base, 0, beta, scale)  # the alpha and lambda the test cells of seed 0 used
-            beta_rows.append((dataset, ipc, seed0, dm_val, betas_val, dm, betas_test, beta))
-            final_rows.append((dataset, ipc, dm, betas_test[beta], beta, combined, (lcc, lcm)))
+    for b in bases:
+        dm_val = bench.metrics((b, "DM"))
+        scales = {s: bench.metrics((b, "scale", s)) for s in args.lambda_scale}
+        print(f"  {b.dataset} ipc{b.ipc} validation, paper-form lambda scale at beta 1: DM {dm_val['accuracy']}; " +
+              "; ".join(f"x{s:g}: {r['accuracy']} (spread {fmt(r['spread_ratio'])})" for s, r in scales.items()) +
+              f" -> x{scale[b]:g}", flush=True)
+        betas_val = {beta: bench.metrics((b, "beta", beta)) for beta in args.betas}
+        beta = bench.best({beta: (b, "beta", beta) for beta in args.betas})
+        grid = {(cc, cm): bench.metrics((b, "grid", cc, cm)) for cc in args.lambda_cc for cm in args.lambda_cm}
+        grid_rows.append((b.dataset, b.ipc, dm_val, grid, lambdas[b]))
+        dm = bench.metrics((b, "DM", "test"))
+        betas_test = {beta: bench.metrics((b, "beta", beta, "test")) for beta in args.betas}
+        combined = bench.metrics((b, "CC+CM", "test"))
+        seed0 = paper_form(b, 0, beta, scale[b])  # the alpha and lambda the test cells of seed 0 used
+        beta_rows.append((b.dataset, b.ipc, seed0, dm_val, betas_val, dm, betas_test, beta))
+        final_rows.append((b.dataset, b.ipc, dm, betas_test[beta], beta, combined, lambdas[b]))
 
     print("\n### beta (paper form of CC): tightness of the synthetic features and accuracy\n")
     print("| dataset | IPC | method | val. acc. | val. spread | test acc. | spread ratio | silhouette | 1-NN acc. |")

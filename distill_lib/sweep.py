@@ -171,8 +171,7 @@ def run_cells(cells: list[Cell], root=None, verbose: bool = True) -> list[EvalRe
                 for i, v in values.items() if v is not None}
 
     done = distributed.from_main(cached)
-    needed = featnets_needed([cell for i, cell in enumerate(cells) if i not in done])
-    distributed.spread(len(needed), lambda i: pretrain(cell_data(needed[i][0], root), needed[i][1])[1])
+    pretrain_featnets([cell for i, cell in enumerate(cells) if i not in done], root)
     return distributed.spread(len(cells), lambda i: run_cell(cells[i], root, cache, verbose), skip=done)
 
 
@@ -183,6 +182,12 @@ def sweep(configs: list[DistillConfig], protocol: EvalProtocol, validation: int 
     results = run_cells([Cell(config, protocol, validation=validation) for config in configs], root, verbose)
     return [{**asdict(config.resolved()), "validation": validation, "accuracies": result.accuracies, "mean": result.mean,
              "std": result.std} for config, result in zip(configs, results)]
+
+
+def pretrain_featnets(cells: list[Cell], root=None) -> None:
+    """Pretrain (or find cached) every CC feature net the cells need (:func:`featnets_needed`), each by one rank."""
+    needed = featnets_needed(cells)
+    distributed.spread(len(needed), lambda i: pretrain(cell_data(needed[i][0], root), needed[i][1])[1])
 
 
 def featnets_needed(cells: list[Cell]) -> list[tuple[Cell, FeatNetSpec]]:
