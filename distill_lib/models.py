@@ -13,7 +13,6 @@ from collections import OrderedDict
 
 import torch
 import torch.nn as nn
-import torchvision
 from torch.nn import init
 
 NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
@@ -233,6 +232,8 @@ class ResNet18(_Net):
         norm_layer = _NORM_LAYERS[_choice("norm", norm, ("instancenorm", "batchnorm"))]
 
         def body():
+            import torchvision.models  # here, not at the top: it adds ~3 s to every process that imports distill_lib
+
             net = torchvision.models.resnet18(num_classes=num_classes, norm_layer=norm_layer)
             net.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
