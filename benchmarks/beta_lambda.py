@@ -49,7 +49,7 @@ def paper_form(config: DistillConfig, validation: int, beta: float, scale: float
 
 class Bench:
     """The shared protocol and budgets. ``measure`` runs a stage's cells as one spread (under torchrun dealt over the
-    processes) and keeps them; ``validated``/``tested`` add the tightness metrics, on rank 0 after the stages."""
+    processes) and keeps them; ``metrics`` adds the tightness metrics of a measured key, on rank 0 after the stages."""
 
     def __init__(self, protocol: EvalProtocol, validation: int, seeds: int, real_per_class: int):
         self.protocol, self.validation, self.seeds, self.real_per_class = protocol, validation, seeds, real_per_class
