@@ -10,7 +10,8 @@ shared cache (its folder must be shared by all nodes for "never rerun" to hold a
 
 The synthetic set of a cell is cached too (as the distiller's state, in the "synthetic" namespace, keyed without the
 evaluation protocol), so analysing a set, evaluating it under another protocol, or distilling the same config for
-more iterations (:func:`synthetic_sets`, which resumes from the longest shorter run) never repeats finished work.
+more iterations (:func:`synthetic_sets`, which resumes from the longest shorter cached run) never repeats
+finished work.
 """
 from __future__ import annotations
 
@@ -66,12 +67,21 @@ def cell_data(cell: Cell, root=None) -> RealData:
     return data.validation_split(cell.validation) if cell.validation else data
 
 
+def _lineage(cell: Cell) -> dict:
+    """Cache key of the list of iteration counts cached for the cell's run (its identity less ``iterations``)."""
+    identity = cell.config.identity()
+    del identity["iterations"]
+    return {"lineage": identity, "validation": cell.validation}
+
+
 def synthetic_sets(cell: Cell, iterations: list[int], root=None,
                    cache: DiskCache | None = None) -> dict[int, SyntheticSet]:
     """The cell's distilled set after each number of ``iterations``, from one run, each cached on disk.
 
     Each checkpoint is the cell with ``config.iterations = n``; a missing one is distilled by resuming the state of the
-    previous (shorter) checkpoint, which gives exactly the result of an uninterrupted run of n iterations.
+    previous (shorter) checkpoint, which gives exactly the result of an uninterrupted run of n iterations. The first
+    missing one resumes from the longest shorter checkpoint cached by any earlier call (a per-run list of cached
+    counts, kept next to the sets), so raising a benchmark's iterations continues its finished runs.
     """
     if cell.method != "distill":
         raise ValueError(f"only 'distill' cells have distillation checkpoints, not {cell.method!r}")
@@ -79,7 +89,14 @@ def synthetic_sets(cell: Cell, iterations: list[int], root=None,
         raise ValueError(f"iterations must be a non-empty list of numbers >= 1, got {iterations}")
     cache = cache or DiskCache("synthetic")
     full = load_dataset(cell.config.dataset, root)  # mean, std and class names of the sets
-    data, state, sets = None, None, {}  # the cell's data is split only when something has to be distilled
+    lineage = set(cache.get(_lineage(cell)) or [])
+
+    def key(n: int) -> dict:
+        return {"config": replace(cell.config, iterations=n).identity(), "validation": cell.validation}
+
+    shorter = sorted((n for n in lineage if n < min(iterations)), reverse=True)
+    state = next((s for s in map(cache.get, map(key, shorter)) if s is not None), None)
+    data, sets = None, {}  # the cell's data is split only when something has to be distilled
     for n in sorted(set(iterations)):
         config = replace(cell.config, iterations=n)
 
@@ -94,7 +111,10 @@ def synthetic_sets(cell: Cell, iterations: list[int], root=None,
                 run.step()
             return {**run.state_dict(), "labels": run.labels(), "factor": run.factor}
 
-        state = cache.get_or_compute({"config": config.identity(), "validation": cell.validation}, compute)
+        state = cache.get_or_compute(key(n), compute)
+        if n not in lineage:
+            lineage.add(n)
+            cache.put(_lineage(cell), sorted(lineage))
         sets[n] = SyntheticSet(state["images"], state["labels"], full.mean, full.std, list(full.classes),
                                state["config"], state["history"], state["factor"])
     return sets

@@ -99,7 +99,7 @@ def test_corrupt_cell_file_is_recomputed_with_a_warning(calls):
 def test_corrupt_set_file_is_redistilled_with_a_warning(calls):
     cell = Cell(BASE, PROTOCOL)
     first = synthetic_set(cell)
-    next(DiskCache("synthetic").dir.iterdir()).write_bytes(b"")
+    DiskCache("synthetic").path({"config": cell.config.identity(), "validation": 0}).write_bytes(b"")
     with pytest.warns(UserWarning, match="unreadable"):
         again = synthetic_set(cell)
     assert torch.equal(again.images, first.images) and calls.steps == 6
@@ -121,6 +121,23 @@ def test_checkpoints_resume_to_the_uninterrupted_result(digits, calls):
     assert torch.equal(longer[4].images, sets[4].images)
     assert torch.equal(synthetic_set(replace(cell, config=replace(cell.config, iterations=7))).images,
                        longer[7].images) and calls.steps == 13  # the plain cell is the same cache entry
+
+
+def test_a_longer_cell_resumes_from_the_longest_cached_shorter_run(digits, calls):
+    cell = Cell(replace(BASE, iterations=2), PROTOCOL)
+    synthetic_sets(cell, [2, 4])
+    assert calls.steps == 4
+
+    def longer(n):
+        return replace(cell, config=replace(cell.config, iterations=n))
+
+    seven = synthetic_set(longer(7))  # a plain cell, as benchmarks ask: resumes from the 4 steps cached before
+    assert calls.steps == 4 + 3
+    assert torch.equal(seven.images, distill(replace(cell.config, iterations=7), digits, progress=False).images)
+    calls.steps = 0
+    DiskCache("synthetic").path({"config": longer(7).config.identity(), "validation": 0}).unlink()
+    synthetic_set(longer(9))  # the listed 7-step set is gone: falls back to the 4-step one, no error
+    assert calls.steps == 5
 
 
 def test_synthetic_sets_rejects_bad_requests():
