@@ -21,6 +21,8 @@ from distill_lib.sweep import sweep
 from distill_lib.train import resolve_device
 
 TERMS = {"lambda_cc": "cc", "lambda_cm": "cm"}  # each lambda and the switch of its term
+LAMBDA_CC = [0.001, 0.003, 0.01, 0.05, 0.2]  # the scans (beta_lambda.py runs the same cells, shared by the cache)
+LAMBDA_CM = [0.003, 0.01, 0.03, 0.1, 0.3]
 
 
 def variants(base: DistillConfig, lambda_cc: float, lambda_cm: float) -> dict[str, DistillConfig]:
@@ -41,8 +43,8 @@ def main() -> None:
     p.add_argument("--featnet-arch", default="resnet18")
     p.add_argument("--featnet-epochs", type=int, default=2)
     p.add_argument("--featnet-per-class", type=int, default=1000, help="training images per class for the feature net")
-    p.add_argument("--lambda-cc", nargs="+", type=float, default=[0.001, 0.003, 0.01, 0.05, 0.2])
-    p.add_argument("--lambda-cm", nargs="+", type=float, default=[0.003, 0.01, 0.03, 0.1, 0.3])
+    p.add_argument("--lambda-cc", nargs="+", type=float, default=LAMBDA_CC)
+    p.add_argument("--lambda-cm", nargs="+", type=float, default=LAMBDA_CM)
     validation_flags(p)
     args = p.parse_args()
     setup(args)

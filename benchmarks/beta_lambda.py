@@ -9,19 +9,22 @@ does it raise accuracy? Which lambda_CC and lambda_CM work? Every choice is made
 training images per class (feature net, distillation and evaluation networks then see only the rest of the training
 set); the test set is used only in stage 2.
 
-Stage 1 (validation, seed 0), per data set and IPC:
+Stage 1 (validation, seed 0, ``--val-models`` evaluation nets), per data set and IPC:
   a. alpha of the paper form = 1 / median squared distance of real training features to their class centre in the
      feature net (distill_lib.analysis.featnet_cc_alpha; a rule, no search): exp(alpha d^2) = e at the median.
   b. lambda_CC of the paper form at beta = 1, from ``--lambda-scale`` multiples of the value that pulls a sample at
      the median distance as hard as the simplified form with lambda_CC = 0.05 does (gradient ratio alpha * e).
   c. the beta grid at that lambda: validation accuracy and tightness; beta chosen by validation accuracy.
-  d. the lambda ranges of the authors' (simplified) form: lambda_CC x lambda_CM grid of DM + CC + CM.
+  d. the lambda ranges of the authors' (simplified) form: lambda_CC scanned with CC alone on DM, lambda_CM with CM
+     alone; each chosen by validation accuracy. These are ablation.py's selection cells (same grids, same cache
+     entries), so after ablation.py they cost nothing here.
 Stage 2 (test, ``--seeds`` distillation seeds): DM, DM + CC (paper form) at every beta of the grid, DM + CC + CM with
-the lambdas of d. Accuracy: mean ± std over seeds x evaluation networks. Tightness: spread ratio (intra-class spread /
-inter-class distance) and silhouette of the synthetic features in the feature net, and the 1-NN accuracy of real
-held-out images against the synthetic images, each averaged over seeds. Every cell is cached (distill_lib.sweep).
-The cells run in two spreads (stage 1 with a, b and d; then c together with stage 2, whose settings are known by then),
-so under torchrun they are dealt over the processes; rank 0 then computes the metrics and prints.
+the lambdas of d (ablation.py's test cells again). Accuracy: mean ± std over seeds x evaluation networks. Tightness:
+spread ratio (intra-class spread / inter-class distance) and silhouette of the synthetic features in the feature net,
+and the 1-NN accuracy of real held-out images against the synthetic images, each averaged over seeds. Every cell is
+cached (distill_lib.sweep). The cells run in two spreads (stage 1 with a, b and d; then c together with stage 2, whose
+settings are known by then), so under torchrun they are dealt over the processes; rank 0 then computes the metrics
+and prints.
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ import math
 import statistics
 from dataclasses import replace
 
-from common import parser, say, setup
+from ablation import LAMBDA_CC, LAMBDA_CM, candidates
+from common import parser, say, setup, validation_flags
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.analysis import featnet_cc_alpha
 from distill_lib.sweep import Cell, cell_data, cell_metrics, pooled, pretrain_featnets, run_cells
@@ -51,14 +55,17 @@ class Bench:
     """The shared protocol and budgets. ``measure`` runs a stage's cells as one spread (under torchrun dealt over the
     processes) and keeps them; ``metrics`` adds the tightness metrics of a measured key, on rank 0 after the stages."""
 
-    def __init__(self, protocol: EvalProtocol, validation: int, seeds: int, real_per_class: int):
-        self.protocol, self.validation, self.seeds, self.real_per_class = protocol, validation, seeds, real_per_class
+    def __init__(self, protocol: EvalProtocol, val_protocol: EvalProtocol, validation: int, seeds: int,
+                 real_per_class: int):
+        self.protocol, self.val_protocol, self.validation = protocol, val_protocol, validation
+        self.seeds, self.real_per_class = seeds, real_per_class
         self.cells, self.accuracy = {}, {}  # key -> its cells (one per seed on test) and their pooled accuracy
 
     def measure(self, validation: dict, test: dict) -> None:
         """Accuracy of each {key: config} of ``validation`` (seed 0, on the held-out split) and each {key: make} of
         ``test`` (``make(seed)`` for every seed, on the test set); all cells of the stage in one call."""
-        stage = {key: [Cell(config, self.protocol, validation=self.validation)] for key, config in validation.items()}
+        stage = {key: [Cell(config, self.val_protocol, validation=self.validation)]
+                 for key, config in validation.items()}
         stage |= {key: [Cell(make(s), self.protocol) for s in range(self.seeds)] for key, make in test.items()}
         results = iter(run_cells([cell for cells in stage.values() for cell in cells]))
         for key, cells in stage.items():
@@ -92,20 +99,21 @@ def main() -> None:
                    help="paper-form thresholds (every beta <= 1 is the same method as beta = 1)")
     p.add_argument("--lambda-scale", nargs="+", type=float, default=[0.25, 1.0, 4.0],
                    help="paper-form lambda_CC as multiples of the value matching the simplified form's pull")
-    p.add_argument("--lambda-cc", nargs="+", type=float, default=[0.01, 0.05, 0.2], help="simplified-form grid")
-    p.add_argument("--lambda-cm", nargs="+", type=float, default=[0.003, 0.01, 0.03])
-    p.add_argument("--validation", type=int, default=500, help="held-out training images per class for selection")
+    p.add_argument("--lambda-cc", nargs="+", type=float, default=LAMBDA_CC, help="simplified-form scan (CC alone)")
+    p.add_argument("--lambda-cm", nargs="+", type=float, default=LAMBDA_CM, help="scan with CM alone")
+    validation_flags(p)
     p.add_argument("--real-per-class", type=int, default=100, help="held-out real images per class for the metrics")
     args = p.parse_args()
     setup(args)
 
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
     distributed.setup(resolve_device(protocol.device))  # under torchrun: join now, so only rank 0 prints
-    bench = Bench(protocol, args.validation, args.seeds, args.real_per_class)
+    val_protocol = replace(protocol, num_models=args.val_models)
+    bench = Bench(protocol, val_protocol, args.validation, args.seeds, args.real_per_class)
     say(f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
         f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per class; "
-        f"choices on {args.validation} validation images per class (seed 0); evaluation {protocol.describe()}; "
-        f"{args.seeds} distillation seeds on test; metrics on {args.real_per_class} held-out images per class.\n",
+        f"choices on {args.validation} validation images per class (seed 0, {args.val_models} evaluation net(s)); "
+        f"evaluation {protocol.describe()}; {args.seeds} distillation seeds on test; metrics on {args.real_per_class} held-out images per class.\n",
         flush=True)
     val = args.validation
     bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
@@ -113,14 +121,13 @@ def main() -> None:
                            featnet_per_class=args.featnet_per_class) for dataset in args.datasets for ipc in args.ipcs]
     # The feature nets first (one per data set and split, each by one rank): alpha and every CC cell use them.
     pretrain_featnets([Cell(replace(base, cc=True), protocol, validation=v) for base in bases for v in (val, 0)])
-    # Stage 1 (validation): DM; b. the paper form's lambda scale at beta 1; d. the simplified lambda_CC x lambda_CM.
+    grids = {"lambda_cc": args.lambda_cc, "lambda_cm": args.lambda_cm}
+    # Stage 1 (validation): DM; b. the paper form's lambda scale at beta 1; d. the simplified lambda scans.
     bench.measure({**{(b, "DM"): b for b in bases},
                    **{(b, "scale", s): paper_form(b, val, 1.0, s) for b in bases for s in args.lambda_scale},
-                   **{(b, "grid", cc, cm): replace(b, cc=True, cm=True, lambda_cc=cc, lambda_cm=cm)
-                      for b in bases for cc in args.lambda_cc for cm in args.lambda_cm}}, {})
+                   **{(b, field, v): config for b in bases for field, v, config in candidates(b, grids) if field}}, {})
     scale = {b: bench.best({s: (b, "scale", s) for s in args.lambda_scale}) for b in bases}
-    lambdas = {b: bench.best({(cc, cm): (b, "grid", cc, cm) for cc in args.lambda_cc for cm in args.lambda_cm})
-               for b in bases}
+    lambdas = {b: tuple(bench.best({v: (b, field, v) for v in grids[field]}) for field in grids) for b in bases}
     # Stage 2 (validation): c. the beta grid at the chosen scale; and (test) the variants whose settings are known.
     bench.measure({(b, "beta", beta): paper_form(b, val, beta, scale[b]) for b in bases for beta in args.betas},
                   {**{(b, "DM", "test"): (lambda s, b=b: replace(b, seed=s)) for b in bases},
@@ -132,7 +139,7 @@ def main() -> None:
                       for b in bases}})
     if not distributed.is_main():
         return  # the metrics and tables are rank 0's
-    beta_rows, grid_rows, final_rows = [], [], []
+    beta_rows, scan_rows, final_rows = [], [], []
     for b in bases:
         dm_val = bench.metrics((b, "DM"))
         scales = {s: bench.metrics((b, "scale", s)) for s in args.lambda_scale}
@@ -141,8 +148,8 @@ def main() -> None:
               f" -> x{scale[b]:g}", flush=True)
         betas_val = {beta: bench.metrics((b, "beta", beta)) for beta in args.betas}
         beta = bench.best({beta: (b, "beta", beta) for beta in args.betas})
-        grid = {(cc, cm): bench.metrics((b, "grid", cc, cm)) for cc in args.lambda_cc for cm in args.lambda_cm}
-        grid_rows.append((b.dataset, b.ipc, dm_val, grid, lambdas[b]))
+        scans = {field: {v: bench.metrics((b, field, v)) for v in grids[field]} for field in grids}
+        scan_rows.append((b.dataset, b.ipc, dm_val, scans, lambdas[b]))
         dm = bench.metrics((b, "DM", "test"))
         betas_test = {beta: bench.metrics((b, "beta", beta, "test")) for beta in args.betas}
         combined = bench.metrics((b, "CC+CM", "test"))
@@ -164,17 +171,17 @@ def main() -> None:
         print(f"| {dataset} | {ipc} | (test, seed 0: alpha {seed0.cc_alpha:g}, lambda_CC {seed0.lambda_cc:g}) "
               "| | | | | | |")
 
-    print("\n### lambda_CC (simplified) x lambda_CM, DM + CC + CM, validation accuracy\n")
-    for dataset, ipc, dm_val, grid, chosen in grid_rows:
-        cms = sorted({k[1] for k in grid})
-        print(f"{dataset}, IPC {ipc} (DM: {dm_val['accuracy']}; chosen lambda_CC {chosen[0]:g}, "
-              f"lambda_CM {chosen[1]:g})\n")
-        print("| lambda_CC \\ lambda_CM | " + " | ".join(f"{c:g}" for c in cms) + " |")
-        print("|---|" + "---|" * len(cms))
-        for cc in sorted({k[0] for k in grid}):
-            print(f"| {cc:g} | " + " | ".join(f"{grid[cc, c]['accuracy']} (spread {fmt(grid[cc, c]['spread_ratio'])})"
-                                            for c in cms) + " |")
-        print()
+    print("\n### lambda scans of the simplified form (each term alone on DM): validation accuracy and spread ratio\n")
+    width = max(map(len, grids.values()))
+    print("| dataset | IPC | lambda | DM | " + " | ".join(f"value {i + 1}" for i in range(width)) + " | chosen |")
+    print("|---|---|---|---|" + "---|" * (width + 1))
+    for dataset, ipc, dm_val, scans, chosen in scan_rows:
+        for (field, scan), pick in zip(scans.items(), chosen):
+            cells = [f"{v:g}: {r['accuracy']} ({fmt(r['spread_ratio'])})" for v, r in scan.items()]
+            cells += [""] * (width - len(cells))
+            print(f"| {dataset} | {ipc} | {field} | {dm_val['accuracy']} ({fmt(dm_val['spread_ratio'])}) | "
+                  + " | ".join(cells) + f" | {pick:g} |")
+    print()
 
     print("### test set, choices from validation\n")
     print("| dataset | IPC | DM | +CC paper form (beta) | +CC+CM simplified (lambdas) | +CC+CM - DM |")
