@@ -113,7 +113,8 @@ def main() -> None:
     say(f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
         f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per class; "
         f"choices on {args.validation} validation images per class (seed 0, {args.val_models} evaluation net(s)); "
-        f"evaluation {protocol.describe()}; {args.seeds} distillation seeds on test; metrics on {args.real_per_class} held-out images per class.\n",
+        f"evaluation {protocol.describe()}; {args.seeds} distillation seeds on test; metrics on "
+        f"{args.real_per_class} held-out images per class.\n",
         flush=True)
     val = args.validation
     bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,

@@ -94,9 +94,11 @@ def synthetic_sets(cell: Cell, iterations: list[int], root=None,
     def key(n: int) -> dict:
         return {"config": replace(cell.config, iterations=n).identity(), "validation": cell.validation}
 
-    shorter = sorted((n for n in lineage if n < min(iterations)), reverse=True)
-    state = next((s for s in map(cache.get, map(key, shorter)) if s is not None), None)
-    data, sets = None, {}  # the cell's data is split only when something has to be distilled
+    def longest_cached_shorter(n: int) -> dict | None:
+        shorter = sorted((m for m in lineage if m < n), reverse=True)
+        return next((state for state in map(cache.get, map(key, shorter)) if state is not None), None)
+
+    data, state, sets = None, None, {}  # the cell's data is split only when something has to be distilled
     for n in sorted(set(iterations)):
         config = replace(cell.config, iterations=n)
 
@@ -105,6 +107,7 @@ def synthetic_sets(cell: Cell, iterations: list[int], root=None,
             if data is None:
                 data = cell_data(cell, root)
             run = Distiller(config, data, progress=False)
+            previous = previous or longest_cached_shorter(config.iterations)
             if previous is not None:
                 run.load_state_dict(previous)
             while run.iteration < config.iterations:
