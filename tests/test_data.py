@@ -281,6 +281,26 @@ def test_decoded_copy_is_reused_in_a_fresh_process_cache(env, monkeypatch):
     assert second.classes == first.classes
 
 
+def test_decoded_copy_follows_the_bytes_not_the_path_or_time_stamp(env, monkeypatch):
+    """A fresh copy of the same file elsewhere, with a new mtime, is served from the first decoded copy."""
+    root, cache = env
+    write_npz(root / "cifar10.npz", make_arrays())
+    first = load_dataset("cifar10")
+    (decoded,) = (cache / "decoded").iterdir()
+    other = root.parent / "copied_data"
+    other.mkdir()
+    copy = other / "cifar10.npz"
+    copy.write_bytes((root / "cifar10.npz").read_bytes())
+    os.utime(copy, ns=(copy.stat().st_atime_ns, copy.stat().st_mtime_ns + 10**9))
+    read = []
+    real_members = data_mod._npz_members
+    monkeypatch.setattr(data_mod, "_npz_members", lambda path: read.append(Path(path)) or real_members(path))
+    monkeypatch.setattr(data_mod, "_LOADED", {})
+    second = load_dataset("cifar10", root=other)
+    assert read == [decoded] and list((cache / "decoded").iterdir()) == [decoded]
+    assert torch.equal(second.x_train, first.x_train)
+
+
 def test_changed_source_is_not_served_from_a_stale_decoded_copy(env):
     root, cache = env
     npz = write_npz(root / "cifar10.npz", make_arrays(seed=1))
