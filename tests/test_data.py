@@ -264,16 +264,22 @@ def test_decoded_copy_goes_to_the_cache_never_next_to_the_data(env):
     assert len(decoded) == 1 and decoded[0].name.startswith("cifar10-") and decoded[0].suffix == ".npz"
 
 
+def _record_npz_reads(monkeypatch) -> list:
+    """Empty the in-process cache and record every .npz path decoded from now on (as a fresh process would)."""
+    read = []
+    real_members = data_mod._npz_members
+    monkeypatch.setattr(data_mod, "_npz_members", lambda path: read.append(Path(path)) or real_members(path))
+    monkeypatch.setattr(data_mod, "_LOADED", {})
+    return read
+
+
 def test_decoded_copy_is_reused_in_a_fresh_process_cache(env, monkeypatch):
     root, cache = env
     arrays = make_arrays()
     write_npz(root / "cifar10.npz", arrays)
     first = load_dataset("cifar10")
     (decoded,) = (cache / "decoded").iterdir()
-    read = []
-    real_members = data_mod._npz_members
-    monkeypatch.setattr(data_mod, "_npz_members", lambda path: read.append(Path(path)) or real_members(path))
-    monkeypatch.setattr(data_mod, "_LOADED", {})
+    read = _record_npz_reads(monkeypatch)
     second = load_dataset("cifar10")
     assert second is not first
     assert read == [decoded]  # the source .npz was not decompressed again
@@ -292,10 +298,7 @@ def test_decoded_copy_follows_the_bytes_not_the_path_or_time_stamp(env, monkeypa
     copy = other / "cifar10.npz"
     copy.write_bytes((root / "cifar10.npz").read_bytes())
     os.utime(copy, ns=(copy.stat().st_atime_ns, copy.stat().st_mtime_ns + 10**9))
-    read = []
-    real_members = data_mod._npz_members
-    monkeypatch.setattr(data_mod, "_npz_members", lambda path: read.append(Path(path)) or real_members(path))
-    monkeypatch.setattr(data_mod, "_LOADED", {})
+    read = _record_npz_reads(monkeypatch)
     second = load_dataset("cifar10", root=other)
     assert read == [decoded] and list((cache / "decoded").iterdir()) == [decoded]
     assert torch.equal(second.x_train, first.x_train)
