@@ -23,17 +23,18 @@ the lambdas of d (ablation.py's test cells again). Accuracy: mean ± std over se
 spread ratio (intra-class spread / inter-class distance) and silhouette of the synthetic features in the feature net,
 and the 1-NN accuracy of real held-out images against the synthetic images, each averaged over seeds. Every cell is
 cached (distill_lib.sweep). The cells run in two spreads (stage 1 with a, b and d; then c together with stage 2, whose
-settings are known by then), so under torchrun they are dealt over the processes; rank 0 then computes the metrics
-and prints.
+settings are known by then), so under torchrun they are dealt over the processes; rank 0 then computes the metrics,
+prints, and draws the test stage against beta (``--figure``, figures/beta_lambda.png).
 """
 from __future__ import annotations
 
 import math
 import statistics
 from dataclasses import replace
+from pathlib import Path
 
 from ablation import LAMBDA_CC, LAMBDA_CM, candidates
-from common import parser, say, setup, validation_flags
+from common import REPO, parser, say, setup, validation_flags
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.analysis import featnet_cc_alpha
 from distill_lib.sweep import Cell, cell_data, cell_metrics, pooled, pretrain_featnets, run_cells
@@ -90,6 +91,42 @@ def pct(value: float) -> str:
     return f"{100 * value:.1f} %"
 
 
+def plot(beta_rows: list, path: Path) -> None:
+    """The test stage against beta, one row per (data set, IPC): the three tightness metrics and the accuracy
+    (mean ± std over seeds x nets), DM as a dashed line (its accuracy with a ±std band)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {"spread_ratio": "spread ratio (lower = tighter)", "silhouette": "silhouette",
+              "knn_accuracy": "1-NN acc. of real images (%)", "accuracy": "test accuracy (%)"}
+    fig, axes = plt.subplots(len(beta_rows), len(panels), figsize=(3.6 * len(panels), 3.0 * len(beta_rows)),
+                             squeeze=False, layout="constrained")
+    for row, (dataset, ipc, _, _, _, dm, betas_test, _) in zip(axes, beta_rows):
+        betas = list(betas_test)
+        for ax, (key, name) in zip(row, panels.items()):
+            if key == "accuracy":
+                mean = [100 * betas_test[b]["accuracy"].mean for b in betas]
+                std = [100 * betas_test[b]["accuracy"].std for b in betas]
+                ax.errorbar(betas, mean, yerr=std, marker="o", capsize=3, label="DM + CC (paper form)")
+                dm_mean, dm_std = 100 * dm["accuracy"].mean, 100 * dm["accuracy"].std
+                ax.axhspan(dm_mean - dm_std, dm_mean + dm_std, color="grey", alpha=0.2)
+                ax.axhline(dm_mean, color="grey", linestyle="--", label="DM")
+            else:
+                scale = 100 if key == "knn_accuracy" else 1
+                ax.plot(betas, [scale * betas_test[b][key] for b in betas], marker="o", label="DM + CC (paper form)")
+                ax.axhline(scale * dm[key], color="grey", linestyle="--", label="DM")
+            ax.set(xscale="log", xlabel="beta", title=name)
+            ax.set_xticks(betas, [f"{b:g}" for b in betas])
+            ax.minorticks_off()
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel(f"{dataset}, IPC {ipc}", fontsize="large")
+        row[0].legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"\nFigure: {path}")
+
+
 def main() -> None:
     p = parser(__doc__, datasets=["fashion_mnist", "cifar10"], ipcs=[10], seeds=2)
     p.add_argument("--featnet-arch", default="resnet18")
@@ -103,6 +140,7 @@ def main() -> None:
     p.add_argument("--lambda-cm", nargs="+", type=float, default=LAMBDA_CM, help="scan with CM alone")
     validation_flags(p)
     p.add_argument("--real-per-class", type=int, default=100, help="held-out real images per class for the metrics")
+    p.add_argument("--figure", default=str(REPO / "figures" / "beta_lambda.png"), help="'' for none")
     args = p.parse_args()
     setup(args)
 
@@ -191,6 +229,8 @@ def main() -> None:
         gain = 100 * (combined["accuracy"].mean - dm["accuracy"].mean)
         print(f"| {dataset} | {ipc} | {dm['accuracy']} | {cc['accuracy']} ({beta:g}) | {combined['accuracy']} "
               f"({lcc:g}, {lcm:g}) | {gain:+.2f} |")
+    if args.figure:
+        plot(beta_rows, Path(args.figure))
 
 
 if __name__ == "__main__":
