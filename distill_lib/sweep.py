@@ -154,11 +154,17 @@ def run_cell(cell: Cell, root=None, cache: DiskCache | None = None, verbose: boo
 def cell_metrics(cell: Cell, root=None, real_per_class: int = 50) -> dict[str, float]:
     """Class-discrimination metrics (:func:`analysis.set_metrics`) of the cell's set in the embedding of its config's
     CC feature net, pretrained on the cell's data (so a validation cell never sees the test set), with
-    ``real_per_class`` of the cell's held-out images per class as k-NN queries. Cheap next to the cell itself."""
-    data = cell_data(cell, root)
-    net, _ = pretrain(data, cell.config.featnet_spec())
-    return set_metrics(synthetic_set(cell, root), data, net, real_per_class,
-                       seeding.generator(cell.config.seed, seeding.ANALYSIS_REAL))
+    ``real_per_class`` of the cell's held-out images per class as k-NN queries. Cached on disk like the cells (a
+    benchmark's tables recompute dozens of them, each reloading its data and feature net)."""
+    def compute() -> dict[str, float]:
+        data = cell_data(cell, root)
+        net, _ = pretrain(data, cell.config.featnet_spec())
+        return set_metrics(synthetic_set(cell, root), data, net, real_per_class,
+                           seeding.generator(cell.config.seed, seeding.ANALYSIS_REAL))
+
+    the_set = {k: v for k, v in cell.key().items() if k != "eval"}  # the evaluation protocol does not enter
+    key = {"set": the_set, "featnet": asdict(cell.config.featnet_spec()), "real_per_class": real_per_class}
+    return DiskCache("metrics").get_or_compute(key, compute)
 
 
 def describe(cell: Cell) -> str:

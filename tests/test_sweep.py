@@ -251,3 +251,18 @@ def test_cell_metrics_in_the_cells_own_feature_net(digits):
     assert got == pytest.approx(expected)
     full_net, _ = pretrain(digits, config.featnet_spec())
     assert not torch.equal(next(net.parameters()), next(full_net.parameters()))
+
+
+def test_cell_metrics_are_cached_per_set_feature_net_and_query_count(digits, monkeypatch):
+    config = replace(BASE, featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+    calls = []
+    monkeypatch.setattr(sweep, "set_metrics", lambda *args: calls.append(args[3]) or {"spread_ratio": len(calls)})
+    first = sweep.cell_metrics(Cell(config, PROTOCOL, validation=5), real_per_class=3)
+    assert sweep.cell_metrics(Cell(config, replace(PROTOCOL, epochs=PROTOCOL.epochs + 1), validation=5),
+                              real_per_class=3) == first  # another evaluation protocol: the same set, a hit
+    assert calls == [3]
+    sweep.cell_metrics(Cell(config, PROTOCOL, validation=5), real_per_class=4)  # more queries: a miss
+    random_cell = Cell(config, PROTOCOL, "random", validation=5)
+    sweep.cell_metrics(random_cell, real_per_class=3)
+    sweep.cell_metrics(Cell(replace(config, featnet_epochs=2), PROTOCOL, "random", validation=5), real_per_class=3)
+    assert calls == [3, 4, 3, 3]  # a random subset's key still names the feature net that measures it
