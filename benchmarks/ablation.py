@@ -38,6 +38,25 @@ def candidates(base: DistillConfig, grids: dict[str, list[float]]) -> list[tuple
                                    for field, values in grids.items() for v in values]
 
 
+def select_lambdas(bases: list[DistillConfig], grids: dict[str, list[float]], val_protocol: EvalProtocol,
+                   validation: int) -> list[dict[str, float]]:
+    """Stage 1: for each base, each lambda of ``grids`` chosen (with only its own term on) by accuracy on
+    ``validation`` held-out training images per class; every selection cell of every base is one sweep."""
+    scans = [candidates(base, grids) for base in bases]
+    records = iter(sweep([config for scan in scans for _, _, config in scan], val_protocol, validation))
+    chosen = []
+    for base, scan in zip(bases, scans):
+        scored = [(field, value, next(records)) for field, value, _ in scan]
+        picks = {}
+        for field in grids:
+            tried = [(value, r) for f, value, r in scored if f == field]
+            picks[field] = max(tried, key=lambda t: t[1]["mean"])[0]
+            say(f"  {base.dataset} ipc{base.ipc} validation scan of {field}: DM {result(scored[0][2])}; " +
+                "; ".join(f"{value:g}: {result(r)}" for value, r in tried), flush=True)
+        chosen.append(picks)
+    return chosen
+
+
 def main() -> None:
     p = parser(__doc__, datasets=["fashion_mnist", "cifar10"], ipcs=[10], seeds=2)
     p.add_argument("--featnet-arch", default="resnet18")
@@ -61,19 +80,7 @@ def main() -> None:
                            featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
                            featnet_per_class=args.featnet_per_class) for dataset in args.datasets for ipc in args.ipcs]
 
-    # Stage 1: every selection cell of every (data set, IPC) in one sweep.
-    scans = [candidates(base, grids) for base in bases]
-    records = iter(sweep([config for scan in scans for _, _, config in scan], val_protocol, args.validation))
-    chosen = []
-    for base, scan in zip(bases, scans):
-        scored = [(field, value, next(records)) for field, value, _ in scan]
-        picks = {}
-        for field in grids:
-            tried = [(value, r) for f, value, r in scored if f == field]
-            picks[field] = max(tried, key=lambda t: t[1]["mean"])[0]
-            say(f"  {base.dataset} ipc{base.ipc} validation scan of {field}: DM {result(scored[0][2])}; " +
-                "; ".join(f"{value:g}: {result(r)}" for value, r in tried), flush=True)
-        chosen.append(picks)
+    chosen = select_lambdas(bases, grids, val_protocol, args.validation)
 
     # Stage 2: the four variants x seeds of every (data set, IPC) in one sweep (seeds adjacent: ranks share them out).
     tests = [(i, name, replace(config, seed=s)) for i, (base, picks) in enumerate(zip(bases, chosen))

@@ -1,6 +1,7 @@
 """DM, DM+CC+CM, IDM and IDM+CC+CM next to a random real subset of the same storage, at one stated CPU budget.
 
     python benchmarks/idm.py --threads 1                     # Fashion-MNIST and CIFAR-10 at IPC 1 and 10, 2 seeds
+    python benchmarks/idm.py --ipcs 10 --methods DM IDM      # two columns (and the random subset) only
     python benchmarks/idm.py --datasets cifar10 --ipcs 10 --queue-train-steps 10 --queue-batch 256  # authors' queue
     OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/idm.py --threads 1    # the cells dealt over 2 processes
 
@@ -19,7 +20,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import replace
 
-from common import parser, say, setup
+from ablation import LAMBDA_CC, LAMBDA_CM, select_lambdas
+from common import parser, say, setup, validation_flags
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.cache import DiskCache
 from distill_lib.sweep import Cell, pooled, run_cells
@@ -39,6 +41,9 @@ def main() -> None:
     p.add_argument("--queue-batch", type=int, default=128,
                    help="IDM: real images per SGD step of a queue net (the authors: 256)")
     p.add_argument("--queue-push-interval", type=int, default=30, help="IDM: a new queue net every N iterations")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                   help="the columns to run and print (a subset first gets the columns that matter most cached)")
+    validation_flags(p)  # where DM+CC+CM's lambdas are chosen (ablation.py's scans; its cached cells)
     args = p.parse_args()
     setup(args)
 
@@ -51,9 +56,11 @@ def main() -> None:
         f"lr_img DM {dm.lr_img}, IDM {idm.lr_img}; IDM queue of ConvNets ({idm.queue_train_nets} trained per "
         f"iteration, {args.queue_train_steps} SGD steps of {args.queue_batch} real images each, lr {idm.queue_lr}, "
         f"a new net every {args.queue_push_interval} iterations, at most {idm.queue_length}), CE weight "
-        f"{idm.ce_weight} x net accuracy; lambda_CC / lambda_CM DM {dm.lambda_cc} / {dm.lambda_cm}, IDM "
-        f"{idm.lambda_cc} / {idm.lambda_cm}, {idm.cc_form} CC on a {args.featnet_arch} feature net trained "
-        f"{args.featnet_epochs} epochs on {args.featnet_per_class} images per class; evaluation on the decoded "
+        f"{idm.ce_weight} x net accuracy; lambda_CC / lambda_CM IDM {idm.lambda_cc} / "
+        f"{idm.lambda_cm}, {idm.cc_form} CC on a {args.featnet_arch} feature net trained "
+        f"{args.featnet_epochs} epochs on {args.featnet_per_class} images per class; DM+CC+CM's lambdas chosen as in "
+        f"benchmarks/ablation.py (each from its scan, on {args.validation} held-out training images per class), "
+        f"IDM's are the authors' defaults; evaluation on the decoded "
         f"images: {protocol.describe()}; {args.seeds} distillation seed(s); mean ± std over seeds x models.\n"
         f"At IPC 1 the DM+CC+CM column is DM's cells: one sample per class makes CC zero and CM gradient-free, so "
         f"the images are DM's (tests/test_distill.py::test_ipc1_with_cc_and_cm_warns_and_cc_is_zero).\n")
@@ -62,35 +69,47 @@ def main() -> None:
                            featnet_per_class=args.featnet_per_class, queue_train_steps=args.queue_train_steps,
                            queue_batch=args.queue_batch, queue_push_interval=args.queue_push_interval)
              for dataset in args.datasets for ipc in args.ipcs]
-    # Every cell of the table is one spread (under torchrun dealt over the processes); DM+CC+CM at IPC 1 is not a
-    # cell of its own (see above), it reads DM's.
+    # DM+CC+CM at IPC 1 is not a cell of its own (see above), it reads DM's; at IPC > 1 it runs at validated lambdas.
     def method(base: DistillConfig, name: str) -> str:
         return "DM" if name == "DM+CC+CM" and base.ipc == 1 else name
 
+    tuned = [b for b in bases if method(b, "DM+CC+CM") == "DM+CC+CM"]
+    picks = dict(zip(tuned, select_lambdas(tuned, {"lambda_cc": LAMBDA_CC, "lambda_cm": LAMBDA_CM},
+                                           replace(protocol, num_models=args.val_models), args.validation)))
+    for base, chosen in picks.items():
+        say(f"  DM+CC+CM on {base.dataset} IPC {base.ipc}: lambda_CC {chosen['lambda_cc']:g}, "
+            f"lambda_CM {chosen['lambda_cm']:g} (validation)", flush=True)
+
+    def config(base: DistillConfig, name: str, seed: int) -> DistillConfig:
+        return replace(base, seed=seed, **METHODS[name], **(picks.get(base, {}) if name == "DM+CC+CM" else {}))
+
+    # Every cell of the table is one spread (under torchrun dealt over the processes).
+    names = ["random", *args.methods]
+    needed = {(base, method(base, name)) for base in bases for name in names}
     cells = {(base, name): [Cell(replace(base, seed=s), protocol, "random") if name == "random" else
-                            Cell(replace(base, seed=s, **METHODS[name]), protocol) for s in range(args.seeds)]
-             for base in bases for name in ("random", *METHODS) if method(base, name) == name}
+                            Cell(config(base, name, s), protocol) for s in range(args.seeds)]
+             for base in bases for name in ("random", *METHODS) if (base, name) in needed}
     results = iter(run_cells([cell for group in cells.values() for cell in group]))
     measured = {key: pooled([next(results) for _ in group]) for key, group in cells.items()}
-    r = {(b, name): measured[b, method(b, name)] for b in bases for name in ("random", *METHODS)}
-    cache = DiskCache("sweep")
-    say("| dataset | IPC | random subset | DM | DM+CC+CM | IDM | IDM+CC+CM | IDM - DM | IDM+CC+CM - DM+CC+CM |")
-    say("|---|---|---|---|---|---|---|---|---|")
+    r = {(b, name): measured[b, method(b, name)] for b in bases for name in names}
+    gaps = [(a, b) for a, b in (("IDM", "DM"), ("IDM+CC+CM", "DM+CC+CM")) if a in names and b in names]
+    say("| dataset | IPC | random subset | " + " | ".join(args.methods) + "".join(f" | {a} - {b}" for a, b in gaps) +
+        " |")
+    say("|---|---|" + "---|" * (len(names) + len(gaps)))
     for b in bases:
-        borrowed = " (DM's)" if method(b, "DM+CC+CM") == "DM" else ""
-        say(f"| {b.dataset} | {b.ipc} | {r[b, 'random']} | {r[b, 'DM']} | {r[b, 'DM+CC+CM']}{borrowed} | "
-            f"{r[b, 'IDM']} | {r[b, 'IDM+CC+CM']} | {100 * (r[b, 'IDM'].mean - r[b, 'DM'].mean):+.2f} | "
-            f"{100 * (r[b, 'IDM+CC+CM'].mean - r[b, 'DM+CC+CM'].mean):+.2f} |", flush=True)
+        columns = [f"{r[b, name]}" + ("" if method(b, name) == name else f" ({method(b, name)}'s)") for name in names]
+        columns += [f"{100 * (r[b, high].mean - r[b, low].mean):+.2f}" for high, low in gaps]
+        say(f"| {b.dataset} | {b.ipc} | " + " | ".join(columns) + " |", flush=True)
     say("\nSeconds per distillation iteration (mean over the iterations of every seed, as measured when each cell "
         "was computed):\n")
-    say("| dataset | IPC | " + " | ".join(METHODS) + " |")
-    say("|---|---|" + "---|" * len(METHODS))
+    say("| dataset | IPC | " + " | ".join(args.methods) + " |")
+    say("|---|---|" + "---|" * len(args.methods))
+    cache = DiskCache("sweep")
     for b in bases:
-        seconds = {m: [h["seconds"] for cell in cells[b, m] for h in cache.get(cell.key())["history"]]
-                   for m in METHODS if method(b, m) == m}
-        per_it = [f"{statistics.fmean(seconds[m]):.2f}" if m in seconds else f"({method(b, m)}'s)" for m in METHODS]
+        per_it = [f"({method(b, m)}'s)" if method(b, m) != m else
+                  f"{statistics.fmean(h['seconds'] for cell in cells[b, m] for h in cache.get(cell.key())['history']):.2f}"
+                  for m in args.methods]
         say(f"| {b.dataset} | {b.ipc} | " + " | ".join(per_it) + " |")
-
 
 if __name__ == "__main__":
     main()
