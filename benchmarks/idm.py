@@ -29,6 +29,7 @@ from distill_lib.train import resolve_device
 
 METHODS = {"DM": dict(method="dm"), "DM+CC+CM": dict(method="dm", cc=True, cm=True),
            "IDM": dict(method="idm"), "IDM+CC+CM": dict(method="idm", cc=True, cm=True)}
+START = "IDM's start"  # IDM's set before its first iteration: factor² real images per class, each tile downsampled
 
 
 def main() -> None:
@@ -41,8 +42,9 @@ def main() -> None:
     p.add_argument("--queue-batch", type=int, default=128,
                    help="IDM: real images per SGD step of a queue net (the authors: 256)")
     p.add_argument("--queue-push-interval", type=int, default=30, help="IDM: a new queue net every N iterations")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                   help="the columns to run and print (a subset first gets the columns that matter most cached)")
+    p.add_argument("--methods", nargs="+", choices=[*METHODS, START], default=list(METHODS),
+                   help=f"the columns to run and print (a subset first gets the columns that matter most cached; "
+                        f"{START!r}: what IDM's decoded tiles give before any distillation)")
     validation_flags(p)  # where DM+CC+CM's lambdas are chosen (ablation.py's scans; its cached cells)
     args = p.parse_args()
     setup(args)
@@ -86,9 +88,13 @@ def main() -> None:
     # Every cell of the table is one spread (under torchrun dealt over the processes).
     names = ["random", *args.methods]
     needed = {(base, method(base, name)) for base in bases for name in names}
-    cells = {(base, name): [Cell(replace(base, seed=s), protocol, "random") if name == "random" else
-                            Cell(config(base, name, s), protocol) for s in range(args.seeds)]
-             for base in bases for name in ("random", *METHODS) if (base, name) in needed}
+    def cell(base: DistillConfig, name: str, seed: int) -> Cell:
+        if name in ("random", START):
+            return Cell(replace(base, seed=seed, method="idm"), protocol, "random" if name == "random" else "init")
+        return Cell(config(base, name, seed), protocol)
+
+    cells = {(base, name): [cell(base, name, s) for s in range(args.seeds)]
+             for base in bases for name in ("random", START, *METHODS) if (base, name) in needed}
     results = iter(run_cells([cell for group in cells.values() for cell in group]))
     measured = {key: pooled([next(results) for _ in group]) for key, group in cells.items()}
     r = {(b, name): measured[b, method(b, name)] for b in bases for name in names}
@@ -102,13 +108,14 @@ def main() -> None:
         say(f"| {b.dataset} | {b.ipc} | " + " | ".join(columns) + " |", flush=True)
     say("\nSeconds per distillation iteration (mean over the iterations of every seed, as measured when each cell "
         "was computed):\n")
-    say("| dataset | IPC | " + " | ".join(args.methods) + " |")
-    say("|---|---|" + "---|" * len(args.methods))
+    distilled = [m for m in args.methods if m in METHODS]
+    say("| dataset | IPC | " + " | ".join(distilled) + " |")
+    say("|---|---|" + "---|" * len(distilled))
     cache = DiskCache("sweep")
     for b in bases:
         per_it = [f"({method(b, m)}'s)" if method(b, m) != m else
                   f"{statistics.fmean(h['seconds'] for cell in cells[b, m] for h in cache.get(cell.key())['history']):.2f}"
-                  for m in args.methods]
+                  for m in distilled]
         say(f"| {b.dataset} | {b.ipc} | " + " | ".join(per_it) + " |")
 
 if __name__ == "__main__":
