@@ -28,7 +28,9 @@ from distill_lib.sweep import Cell, pooled, run_cells
 from distill_lib.train import resolve_device
 
 METHODS = {"DM": dict(method="dm"), "DM+CC+CM": dict(method="dm", cc=True, cm=True),
-           "IDM": dict(method="idm"), "IDM+CC+CM": dict(method="idm", cc=True, cm=True)}
+           "IDM": dict(method="idm"), "IDM+CC+CM": dict(method="idm", cc=True, cm=True),
+           "IDM factor 1": dict(method="idm", factor=1)}  # IDM without its partitions: queue nets and CE only
+TABLE = ["DM", "DM+CC+CM", "IDM", "IDM+CC+CM"]  # the default columns
 START = "IDM's start"  # IDM's set before its first iteration: factor² real images per class, each tile downsampled
 
 
@@ -42,7 +44,7 @@ def main() -> None:
     p.add_argument("--queue-batch", type=int, default=128,
                    help="IDM: real images per SGD step of a queue net (the authors: 256)")
     p.add_argument("--queue-push-interval", type=int, default=30, help="IDM: a new queue net every N iterations")
-    p.add_argument("--methods", nargs="+", choices=[*METHODS, START], default=list(METHODS),
+    p.add_argument("--methods", nargs="+", choices=[*METHODS, START], default=TABLE,
                    help=f"the columns to run and print (a subset first gets the columns that matter most cached; "
                         f"{START!r}: what IDM's decoded tiles give before any distillation)")
     validation_flags(p)  # where DM+CC+CM's lambdas are chosen (ablation.py's scans; its cached cells)

@@ -169,9 +169,11 @@ def cell_metrics(cell: Cell, root=None, real_per_class: int = 50) -> dict[str, f
 
 def describe(cell: Cell) -> str:
     c = cell.config
-    paper = f" (CC paper form, beta {c.cc_beta:g})" if c.cc and c.cc_form == "paper" else ""
+    extra = f" (CC paper form, beta {c.cc_beta:g})" if c.cc and c.cc_form == "paper" else ""
+    if c.resolved().factor != replace(c, factor=None).resolved().factor:  # not the method's own factor
+        extra += f" (factor {c.resolved().factor})"
     what = {"random": "random", "init": f"{c.label()} initialisation"}.get(cell.method,
-                                                                             f"{c.label()}{paper} {c.iterations} it")
+                                                                             f"{c.label()}{extra} {c.iterations} it")
     where = f"val{cell.validation}" if cell.validation else "test"
     return f"{c.dataset} ipc{c.ipc} {what} seed{c.seed} ({where})"
 

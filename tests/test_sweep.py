@@ -266,3 +266,12 @@ def test_cell_metrics_are_cached_per_set_feature_net_and_query_count(digits, mon
     sweep.cell_metrics(random_cell, real_per_class=3)
     sweep.cell_metrics(Cell(replace(config, featnet_epochs=2), PROTOCOL, "random", validation=5), real_per_class=3)
     assert calls == [3, 4, 3, 3]  # a random subset's key still names the feature net that measures it
+
+
+def test_describe_names_a_factor_only_when_it_is_not_the_methods_own():
+    def label(**fields):
+        return sweep.describe(Cell(DistillConfig(dataset="digits", ipc=2, **fields), PROTOCOL))
+
+    assert label(method="idm", factor=1) == "digits ipc2 IDM (factor 1) 200 it seed0 (test)"
+    assert label(method="dm", factor=2) == "digits ipc2 DM (factor 2) 200 it seed0 (test)"
+    assert "factor" not in label(method="idm") + label(method="idm", factor=2) + label(method="dm")
