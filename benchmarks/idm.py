@@ -29,7 +29,10 @@ from distill_lib.train import resolve_device
 
 METHODS = {"DM": dict(method="dm"), "DM+CC+CM": dict(method="dm", cc=True, cm=True),
            "IDM": dict(method="idm"), "IDM+CC+CM": dict(method="idm", cc=True, cm=True),
-           "IDM factor 1": dict(method="idm", factor=1)}  # IDM without its partitions: queue nets and CE only
+           # Diagnostic columns, for where IDM loses to DM: IDM without its partitions (the queue nets and the CE
+           # only), then that without the CE or with DM's image step size.
+           "IDM factor 1": dict(method="idm", factor=1), "IDM factor 1, CE 0": dict(method="idm", factor=1, ce_weight=0.0),
+           "IDM factor 1, lr_img 1": dict(method="idm", factor=1, lr_img=1.0)}
 TABLE = ["DM", "DM+CC+CM", "IDM", "IDM+CC+CM"]  # the default columns
 START = "IDM's start"  # IDM's set before its first iteration: factor² real images per class, each tile downsampled
 
