@@ -170,8 +170,9 @@ def cell_metrics(cell: Cell, root=None, real_per_class: int = 50) -> dict[str, f
 def describe(cell: Cell) -> str:
     c = cell.config
     extra = f" (CC paper form, beta {c.cc_beta:g})" if c.cc and c.cc_form == "paper" else ""
-    if c.resolved().factor != replace(c, factor=None).resolved().factor:  # not the method's own factor
-        extra += f" (factor {c.resolved().factor})"
+    ours, own = c.resolved(), replace(c, factor=None, lr_img=None, ce_weight=DistillConfig.ce_weight).resolved()
+    extra += "".join(f" ({name} {getattr(ours, name):g})" for name in ("factor", "lr_img", "ce_weight")
+                     if getattr(ours, name) != getattr(own, name))  # a departure from the method's own setting
     what = {"random": "random", "init": f"{c.label()} initialisation"}.get(cell.method,
                                                                              f"{c.label()}{extra} {c.iterations} it")
     where = f"val{cell.validation}" if cell.validation else "test"

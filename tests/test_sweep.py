@@ -268,10 +268,13 @@ def test_cell_metrics_are_cached_per_set_feature_net_and_query_count(digits, mon
     assert calls == [3, 4, 3, 3]  # a random subset's key still names the feature net that measures it
 
 
-def test_describe_names_a_factor_only_when_it_is_not_the_methods_own():
+def test_describe_names_factor_lr_img_and_ce_weight_only_where_they_depart_from_the_methods_own():
     def label(**fields):
         return sweep.describe(Cell(DistillConfig(dataset="digits", ipc=2, **fields), PROTOCOL))
 
     assert label(method="idm", factor=1) == "digits ipc2 IDM (factor 1) 200 it seed0 (test)"
     assert label(method="dm", factor=2) == "digits ipc2 DM (factor 2) 200 it seed0 (test)"
-    assert "factor" not in label(method="idm") + label(method="idm", factor=2) + label(method="dm")
+    assert label(method="idm", factor=1, ce_weight=0.0, lr_img=1.0) == \
+        "digits ipc2 IDM (factor 1) (lr_img 1) (ce_weight 0) 200 it seed0 (test)"
+    plain = label(method="idm") + label(method="idm", factor=2, lr_img=0.2) + label(method="dm", lr_img=1.0)
+    assert "(" not in plain.replace("(test)", "")
