@@ -31,7 +31,8 @@ METHODS = {"DM": dict(method="dm"), "DM+CC+CM": dict(method="dm", cc=True, cm=Tr
            "IDM": dict(method="idm"), "IDM+CC+CM": dict(method="idm", cc=True, cm=True),
            # Diagnostic columns, for where IDM loses to DM: IDM without its partitions (the queue nets and the CE
            # only), then that without the CE or with DM's image step size.
-           "IDM factor 1": dict(method="idm", factor=1), "IDM factor 1, CE 0": dict(method="idm", factor=1, ce_weight=0.0),
+           "IDM factor 1": dict(method="idm", factor=1),
+           "IDM factor 1, CE 0": dict(method="idm", factor=1, ce_weight=0.0),
            "IDM factor 1, lr_img 1": dict(method="idm", factor=1, lr_img=1.0)}
 TABLE = ["DM", "DM+CC+CM", "IDM", "IDM+CC+CM"]  # the default columns
 START = "IDM's start"  # IDM's set before its first iteration: factor² real images per class, each tile downsampled
@@ -119,9 +120,10 @@ def main() -> None:
     cache = DiskCache("sweep")
     for b in bases:
         per_it = [f"({method(b, m)}'s)" if method(b, m) != m else
-                  f"{statistics.fmean(h['seconds'] for cell in cells[b, m] for h in cache.get(cell.key())['history']):.2f}"
+                  f"{statistics.fmean(h['seconds'] for c in cells[b, m] for h in cache.get(c.key())['history']):.2f}"
                   for m in distilled]
         say(f"| {b.dataset} | {b.ipc} | " + " | ".join(per_it) + " |")
+
 
 if __name__ == "__main__":
     main()
