@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from common import parser, say, setup, validation_flags
+from common import parser, say, setup, validation_flags, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.evaluate import EvalResult
 from distill_lib.sweep import sweep
@@ -32,7 +32,8 @@ def variants(base: DistillConfig, lambda_cc: float, lambda_cm: float) -> dict[st
             "+CC+CM": replace(base, cc=True, cm=True, lambda_cc=lambda_cc, lambda_cm=lambda_cm)}
 
 
-def candidates(base: DistillConfig, grids: dict[str, list[float]]) -> list[tuple[str | None, float | None, DistillConfig]]:
+def candidates(base: DistillConfig,
+               grids: dict[str, list[float]]) -> list[tuple[str | None, float | None, DistillConfig]]:
     """The selection cells of one (data set, IPC): DM, then each lambda's grid with only its term switched on."""
     return [(None, None, base)] + [(field, v, replace(base, **{TERMS[field]: True, field: v}))
                                    for field, values in grids.items() for v in values]
@@ -71,10 +72,12 @@ def main() -> None:
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
     distributed.setup(resolve_device(protocol.device))  # under torchrun: join now, so only rank 0 prints
     val_protocol = replace(protocol, num_models=args.val_models)
-    say(f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
-        f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per class, "
-        f"simplified CC; lambdas chosen on {args.validation} validation images per class ({args.val_models} "
-        f"evaluation net(s)); evaluation {protocol.describe()}; {args.seeds} distillation seeds.\n", flush=True)
+    budget = (f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature "
+              f"net {args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per "
+              f"class, simplified CC; lambdas chosen on {args.validation} validation images per class "
+              f"({args.val_models} evaluation net(s)); evaluation {protocol.describe()}; {args.seeds} distillation "
+              f"seeds.")
+    say(budget + "\n", flush=True)
     grids = {"lambda_cc": args.lambda_cc, "lambda_cm": args.lambda_cm}
     bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
                            featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
@@ -97,6 +100,7 @@ def main() -> None:
         gain = 100 * (cols["+CC+CM"].mean - cols["DM"].mean)
         say(f"| {base.dataset} | {base.ipc} | {picks['lambda_cc']:g} | {picks['lambda_cm']:g} | " +
             " | ".join(str(r) for r in cols.values()) + f" | {gain:+.2f} |")
+    write_results("ablation", args, budget)
 
 
 def result(record: dict) -> EvalResult:

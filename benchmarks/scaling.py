@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from common import parser, setup
+from common import parser, setup, write_results
 from distill_lib import distributed
 from distill_lib.data import DATASETS, load_dataset
 from distill_lib.distill import DistillConfig
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                           f"{r['source']} |", flush=True)
         print()
     print(f"load average after: {load()}")
+    write_results("scaling", args, argv=argv)
 
 
 def ratio(base: float | None, value: float) -> str:

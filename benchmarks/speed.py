@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import parser, setup
+from common import parser, setup, write_results
 from distill_lib import allocator, augment, losses, seeding
 from distill_lib.data import DATASETS, RealData, from_arrays
 from distill_lib.distill import DistillConfig, Distiller
@@ -441,6 +441,7 @@ def main(argv: list[str] | None = None) -> None:
                       flush=True)
             print("\n(epochs timed in blocks of about 1000 training images; per-model floor: forward + input and "
                   "weight gradients ~3x the forward's conv/linear FLOP per epoch, plus the test forward)\n")
+    write_results("speed", args, argv=argv)
 
 
 if __name__ == "__main__":
