@@ -122,3 +122,86 @@ def test_a_benchmark_writes_its_results_end_to_end_on_digits(tmp_path):
     assert record["command"] == "OMP_NUM_THREADS=1 python benchmarks/dm_accuracy.py " + " ".join(argv)
     assert record["protocol"].startswith("Budget: DM 2 iterations")
     assert (tmp_path / "results" / "dm_accuracy.md").read_text(encoding="utf-8").count(printed_row) == 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The README's headline table is copied from a measurement: results/idm.json once benchmarks/idm.py has written it,
+# until then the DM/IDM table of docs/results.md. These tests keep the copy equal to its source.
+
+NUMBER = re.compile(r"(-?\d+\.\d+) ± (\d+\.\d+)")
+
+
+def headline(readme: str) -> dict:
+    """The README's headline table: the first table under the heading "Headline result"."""
+    [table, *_] = [t for t in common.parse_tables(readme)[0] if t["title"] == "Headline result"]
+    return table
+
+
+def mismatches(readme: str, source_tables: list[dict]) -> list[str]:
+    """Where the README's headline table differs from the first source table that has all of its columns: every
+    (dataset, IPC) row of the source must be there, with the same mean ± std in every column."""
+    table = headline(readme)
+    columns = table["columns"]
+    [source, *_] = [t for t in source_tables if set(columns) <= set(t["columns"])] or [None]
+    if source is None:
+        return [f"no source table has the columns {columns}"]
+
+    def by_row(t: dict) -> dict:
+        index = [t["columns"].index(c) for c in columns]
+        return {tuple(row[i] for i in index[:2]): [NUMBER.search(row[i]) for i in index[2:]] for row in t["rows"]}
+
+    mine, theirs, problems = by_row(table), by_row(source), []
+    if set(mine) != set(theirs):
+        problems.append(f"rows differ: README {sorted(mine)}, source {sorted(theirs)}")
+    for key in set(mine) & set(theirs):
+        for column, a, b in zip(columns[2:], mine[key], theirs[key]):
+            if a is None or b is None or a.groups() != b.groups():
+                problems.append(f"{key} {column}: README {a and a.group()}, source {b and b.group()}")
+    return problems
+
+
+def source_tables(root: Path = REPO) -> tuple[str, list[dict]]:
+    """Where the headline comes from and its tables: results/idm.json if a run wrote it, else docs/results.md."""
+    measured = root / "results" / "idm.json"
+    if measured.exists():
+        return str(measured), json.loads(measured.read_text(encoding="utf-8"))["tables"]
+    recorded = root / "docs" / "results.md"
+    return str(recorded), common.parse_tables(recorded.read_text(encoding="utf-8"))[0]
+
+
+def test_the_readme_headline_numbers_equal_their_measured_source():
+    where, tables = source_tables()
+    assert not mismatches((REPO / "README.md").read_text(encoding="utf-8"), tables), where
+
+
+@pytest.mark.parametrize("change", [
+    ("47.73 ± 0.46", "47.74 ± 0.46"),  # one mean
+    ("70.92 ± 0.96 | 75.54", "70.92 ± 0.69 | 75.54"),  # one std
+    ("| cifar10 | 10 | 32.12", "| cifar100 | 10 | 32.12"),  # a row that the source does not have
+])
+def test_the_headline_check_fails_when_a_number_or_row_differs(change):
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    old, new = change
+    assert readme.count(old) == 1
+    assert mismatches(readme.replace(old, new), source_tables()[1])
+
+
+@pytest.mark.parametrize("edit", [None, ("47.73 ± 0.46 %", "47.70 ± 0.46 %")])
+def test_once_idm_json_exists_the_headline_is_checked_against_it(recorded, tmp_path, edit):
+    """A results/idm.json as benchmarks/idm.py writes it (its table printed, then write_results) takes over from
+    docs/results.md: equal numbers pass, a differing one fails."""
+    docs = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
+    [idm_table, *_] = [t for t in common.parse_tables(docs)[0] if "IDM+CC+CM" in t["columns"]]
+    lines = ["| " + " | ".join(idm_table["columns"]) + " |", "|" + "---|" * len(idm_table["columns"])]
+    lines += ["| " + " | ".join(row) + " |" for row in idm_table["rows"]]
+    text = "\n".join(["### Test accuracy", "", *lines])
+    if edit:
+        assert text.count(edit[0]) == 1
+        text = text.replace(*edit)
+    recorded()
+    print(text)
+    common.write_results("idm", argparse.Namespace(results_dir=tmp_path / "results"), "Budget: as docs.", argv=[])
+    where, tables = source_tables(tmp_path)
+    assert where.endswith("idm.json")
+    found = mismatches((REPO / "README.md").read_text(encoding="utf-8"), tables)
+    assert bool(found) == bool(edit), found
