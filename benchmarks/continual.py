@@ -65,7 +65,7 @@ def plot(curves: dict, path: Path) -> None:
 
 def main() -> None:
     p = parser(__doc__, datasets=["fashion_mnist", "cifar10"], ipcs=[10], seeds=3)
-    # The default budget: about 70 minutes of one core of a loaded 2-core machine for both data sets (README).
+    # The default budget (its measured cost: docs/results.md, continual learning).
     p.set_defaults(iterations=50, eval_epochs=20, models=1)
     p.add_argument("--tasks", type=int, default=5, help="tasks the classes arrive in")
     p.add_argument("--builders", nargs="+", choices=BUILDERS, default=list(BUILDERS))
