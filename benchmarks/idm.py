@@ -10,10 +10,10 @@ training images after decoding), a DM image one, and the random subset is IPC re
 runs the same number of iterations; IDM's iterations cost more (its queue nets train on real data), so the script
 also prints the measured seconds per iteration. The queue nets' training is the expensive part of IDM on a CPU (the
 authors' 10 SGD steps of 256 images per trained net per iteration make an IDM iteration many times as costly as a DM
-one; docs/results.md gives the measured ratio), so by default this CPU budget trains them 2 steps of 128 images (stated in the output).
-Needs the data sets (DISTILL_DATA, or ../shared/data beside the
-checkout). Each cell (dataset, IPC, method, seed) is cached on disk under its full config (distill_lib.sweep), so an
-interrupted run continues where it stopped and a wider grid only computes the new cells.
+one; docs/results.md gives the measured ratio), so by default this CPU budget trains them 2 steps of 128 images
+(stated in the output). Needs the data sets (DISTILL_DATA, or ../shared/data beside the checkout). Each cell
+(dataset, IPC, method, seed) is cached on disk under its full config (distill_lib.sweep), so an interrupted run
+continues where it stopped and a wider grid only computes the new cells.
 """
 from __future__ import annotations
 
