@@ -12,6 +12,7 @@ stage is one sweep, so under torchrun its cells (and first the feature nets they
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 
 from common import parser, say, setup, validation_flags, write_results
@@ -58,6 +59,15 @@ def select_lambdas(bases: list[DistillConfig], grids: dict[str, list[float]], va
     return chosen
 
 
+def budget_line(args: argparse.Namespace, protocol: EvalProtocol, chosen: str) -> str:
+    """The budget of this script's and beta_lambda.py's cells (they share them): distillation, CC feature net, where
+    ``chosen`` settings are chosen, evaluation, seeds."""
+    return (f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
+            f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per class; "
+            f"{chosen} chosen on {args.validation} validation images per class (seed 0, {args.val_models} "
+            f"evaluation net(s)); evaluation {protocol.describe()}; {args.seeds} distillation seeds")
+
+
 def main() -> None:
     p = parser(__doc__, datasets=["fashion_mnist", "cifar10"], ipcs=[10], seeds=2)
     p.add_argument("--featnet-arch", default="resnet18")
@@ -72,11 +82,7 @@ def main() -> None:
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
     distributed.setup(resolve_device(protocol.device))  # under torchrun: join now, so only rank 0 prints
     val_protocol = replace(protocol, num_models=args.val_models)
-    budget = (f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature "
-              f"net {args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per "
-              f"class, simplified CC; lambdas chosen on {args.validation} validation images per class "
-              f"({args.val_models} evaluation net(s)); evaluation {protocol.describe()}; {args.seeds} distillation "
-              f"seeds.")
+    budget = budget_line(args, protocol, "simplified CC; lambdas") + "."
     say(budget + "\n", flush=True)
     grids = {"lambda_cc": args.lambda_cc, "lambda_cm": args.lambda_cm}
     bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,

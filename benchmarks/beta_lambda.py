@@ -33,7 +33,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from ablation import LAMBDA_CC, LAMBDA_CM, candidates
+from ablation import LAMBDA_CC, LAMBDA_CM, budget_line, candidates
 from common import REPO, parser, say, setup, validation_flags, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.analysis import featnet_cc_alpha
@@ -148,11 +148,8 @@ def main() -> None:
     distributed.setup(resolve_device(protocol.device))  # under torchrun: join now, so only rank 0 prints
     val_protocol = replace(protocol, num_models=args.val_models)
     bench = Bench(protocol, val_protocol, args.validation, args.seeds, args.real_per_class)
-    budget = (f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature "
-              f"net {args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per "
-              f"class; choices on {args.validation} validation images per class (seed 0, {args.val_models} evaluation "
-              f"net(s)); evaluation {protocol.describe()}; {args.seeds} distillation seeds on test; metrics on "
-              f"{args.real_per_class} held-out images per class.")
+    budget = (budget_line(args, protocol, "lambda_CC scale, beta and the simplified lambdas") +
+              f" on test; metrics on {args.real_per_class} held-out images per class.")
     say(budget + "\n", flush=True)
     val = args.validation
     bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
