@@ -108,11 +108,11 @@ def choose_dataset(quick: bool, real_set: str, root: Path | None) -> str:
 def describe_mode(quick: bool, real_set: str) -> str:
     """The mode in plain words, with how to switch to the other one."""
     if quick:
-        return (f"QUICK mode ({QUICK_VARIABLE}=1): the small {QUICK_DATASET} set, seconds-sized budgets; a check that "
-                f"everything runs, not a measurement. Full mode: unset {QUICK_VARIABLE} (or course.start(..., "
-                f"quick=False)) for {real_set} and the budgets the notebook states.")
-    return (f"FULL mode ({QUICK_VARIABLE} unset or 0): {real_set} and the full budgets (long on a CPU). Quick mode: "
-            f"`make lab`, {QUICK_VARIABLE}=1, or course.start(..., quick=True).")
+        return (f"QUICK mode ({QUICK_VARIABLE}=1): the small {QUICK_DATASET} set, seconds-sized budgets; it shows that "
+                f"everything runs, it measures nothing.\n  Full mode: unset {QUICK_VARIABLE} (or course.start(..., "
+                f"quick=False)) for {real_set} and the full budgets below.")
+    return (f"FULL mode ({QUICK_VARIABLE} unset or 0): {real_set} and the full budgets below (long on a CPU).\n"
+            f"  Quick mode: `make lab`, {QUICK_VARIABLE}=1, or course.start(..., quick=True).")
 
 
 def start(notebook: str, real_set: str = "cifar10", quick: bool | None = None) -> Setup:
