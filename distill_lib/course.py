@@ -110,8 +110,8 @@ def describe_mode(quick: bool, real_set: str) -> str:
     if quick:
         return (f"QUICK mode ({QUICK_VARIABLE}=1): the small {QUICK_DATASET} set, seconds-sized budgets; it shows that "
                 f"everything runs, it measures nothing.\n  Full mode: unset {QUICK_VARIABLE} (or course.start(..., "
-                f"quick=False)) for {real_set} and the full budgets below.")
-    return (f"FULL mode ({QUICK_VARIABLE} unset or 0): {real_set} and the full budgets below (long on a CPU).\n"
+                f"quick=False)) for {real_set} and the full budgets of the first cell.")
+    return (f"FULL mode ({QUICK_VARIABLE} unset or 0): {real_set} and the full budgets of the first cell (long on a CPU).\n"
             f"  Quick mode: `make lab`, {QUICK_VARIABLE}=1, or course.start(..., quick=True).")
 
 
@@ -129,8 +129,8 @@ def start(notebook: str, real_set: str = "cifar10", quick: bool | None = None) -
     root = export_data_root(repo)
     figures = repo / "figures"
     figures.mkdir(exist_ok=True)
-    setup = Setup(notebook, quick, repo, root, choose_dataset(quick, real_set, root), figures)
     print(f"{notebook}: {describe_mode(quick, real_set)}")
+    setup = Setup(notebook, quick, repo, root, choose_dataset(quick, real_set, root), figures)
     print(f"data set: {setup.dataset} | data folder: {root} | figures -> {figures}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CUDA: {torch.cuda.is_available()}")
     return setup
