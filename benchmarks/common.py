@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
-from distill_lib import distributed  # noqa: E402  (imported from this checkout, found through the line above)
+from distill_lib import course, distributed  # noqa: E402  (imported from this checkout, found through the line above)
 
 
 def parser(doc: str, datasets: list[str], ipcs: list[int], seeds: int) -> argparse.ArgumentParser:
@@ -52,13 +51,12 @@ def say(*args, **kwargs) -> None:
 
 
 def setup(args: argparse.Namespace) -> None:
-    """Start recording what is printed (for write_results), apply --threads and point DISTILL_DATA at ../shared/data
-    when it is unset and that folder exists."""
+    """Start recording what is printed (for write_results), apply --threads and point $DISTILL_DATA, when unset, at
+    the data folder the course finds (course.data_root)."""
     record_output()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if "DISTILL_DATA" not in os.environ and SHARED_DATA.exists():
-        os.environ["DISTILL_DATA"] = str(SHARED_DATA)
+    course.export_data_root(REPO)
 
 
 # ------------------------------------------------------------------------------------------------------------
