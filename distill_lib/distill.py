@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -462,6 +463,9 @@ def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None
         raise ValueError(f"checkpoint is at iteration {run.iteration}, beyond iterations={config.iterations}")
     bar = tqdm(total=config.iterations, initial=run.iteration, desc=f"distill {config.dataset} ipc{config.ipc}",
                disable=not (progress and distributed.is_main()))
+    if run.queue is not None and not bar.disable:
+        tqdm.write(config.queue_spec().cost(), file=sys.stderr)
+        run.queue.on_step = bar.set_postfix_str
     try:
         while run.iteration < config.iterations:
             last_finite = copy.deepcopy(run.state_dict()) if checkpoint is not None else None

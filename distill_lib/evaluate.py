@@ -64,7 +64,7 @@ class EvalProtocol:
     def describe(self) -> str:
         return (f"{self.model}, {self.epochs} epochs, lr {self.lr} (x0.1 at half), momentum {self.momentum}, "
                 f"wd {self.weight_decay}, batch {self.batch_size}, DSA {'on' if self.dsa else 'off'}, "
-                f"{self.num_models} models, seed {self.seed}")
+                f"{self.num_models} model{'s' if self.num_models > 1 else ''}, seed {self.seed}")
 
 
 @dataclass(frozen=True)

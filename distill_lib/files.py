@@ -63,10 +63,14 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
 
 
 def check_writable(path: str | os.PathLike) -> Path:
-    """Fail now, not after hours of work, if ``path`` cannot be written (creates its folder; tidies stale temporaries)."""
+    """Fail now, not after hours of work, if ``path`` cannot be written; tidies stale temporaries beside it.
+
+    Folders it has to create for the probe are removed again, so a run that then fails leaves nothing behind.
+    """
     path = Path(path)
     if path.is_dir():
         raise BadFileError(path, "is a folder; give a file name")
+    created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = _temporary(path, os.getpid())
@@ -74,6 +78,12 @@ def check_writable(path: str | os.PathLike) -> Path:
         probe.unlink()
     except OSError as err:
         raise BadFileError(path, f"cannot be written ({err.strerror or first_line(err)})") from None
+    finally:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
     remove_stale_temporaries(path)
     return path
 

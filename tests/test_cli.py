@@ -139,7 +139,7 @@ def test_distill_default_output_path(capsys, _isolated):
 
 def test_evaluate_a_saved_set(distilled, capsys):
     _, _, out = distilled
-    code, stdout, _ = run_main(["evaluate", "--syn", str(out), *TINY_EVAL, "--no-progress"], capsys)
+    code, stdout, _ = run_main(["evaluate", "--syn", str(out), *TINY_EVAL, "--no-progress", "--json"], capsys)
     assert code == 0
     result = last_json(stdout)
     assert result["dataset"] == "digits"
@@ -152,15 +152,22 @@ def test_evaluate_a_saved_set(distilled, capsys):
 
 def test_evaluate_random_subset(capsys):
     code, stdout, _ = run_main(["evaluate", "--random-subset", "2", "--dataset", "digits", *TINY_EVAL,
-                                "--eval-num-models", "2", "--eval-seed", "4", "--no-progress"], capsys)
+                                "--eval-num-models", "2", "--eval-seed", "4", "--no-progress", "--json"], capsys)
     assert code == 0
     result = last_json(stdout)
     assert len(result["accuracies"]) == 2 and result["protocol"]["seed"] == 4
     assert result["accuracy_mean"] == pytest.approx(sum(result["accuracies"]) / 2)
     # The same command gives the same numbers.
     code, again, _ = run_main(["evaluate", "--random-subset", "2", "--dataset", "digits", *TINY_EVAL,
-                               "--eval-num-models", "2", "--eval-seed", "4", "--no-progress"], capsys)
+                               "--eval-num-models", "2", "--eval-seed", "4", "--no-progress", "--json"], capsys)
     assert last_json(again)["accuracies"] == result["accuracies"]
+    # Without --json: the same numbers as a table in percent, as 'run' prints them.
+    code, table, _ = run_main(["evaluate", "--random-subset", "2", "--dataset", "digits", *TINY_EVAL,
+                               "--eval-num-models", "2", "--eval-seed", "4", "--no-progress"], capsys)
+    mean, std = 100 * result["accuracy_mean"], 100 * result["accuracy_std"]
+    assert code == 0 and table.splitlines()[0].startswith("digits, evaluation: mlp, 2 epochs")
+    assert table.splitlines()[1].split() == ["random", "real", "subset", "(IPC", "2)", f"{mean:.2f}", "±",
+                                             f"{std:.2f}", "%"]
 
 
 def test_evaluate_needs_exactly_one_source(distilled, capsys):
