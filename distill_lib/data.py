@@ -207,7 +207,7 @@ def _load_uncached(spec: DatasetSpec, root: Path, download: bool) -> RealData:
         try:
             return _load_torchvision(spec, tv_root, download)
         except (RuntimeError, OSError) as err:  # torchvision says "Dataset not found" or the download failed
-            reason = str(err).splitlines()[0]
+            reason = first_line(err).split(". You can use download=True")[0]  # the CLI's flag is --download
             tried[-1] += f": {reason}"
     raise DatasetNotFoundError(spec, tried)
 

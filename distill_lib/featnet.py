@@ -44,7 +44,7 @@ def pretrain(data: RealData, spec: FeatNetSpec, device="cpu", progress: bool = F
 
     The accuracy is measured on ``data``'s test split, which is a validation split when the caller passes one.
     """
-    key = {"data": data.name, "source": data.source, "n_train": len(data.x_train), **asdict(spec)}
+    key = cache_key(data, spec)
     cache = DiskCache("featnet")
     cached = cache.get_or_compute(key, lambda: _train(data, spec, progress))
     net = _build(data, spec)
@@ -54,6 +54,11 @@ def pretrain(data: RealData, spec: FeatNetSpec, device="cpu", progress: bool = F
     except (KeyError, TypeError, RuntimeError) as err:  # an entry written for another net under the same key
         raise BadFileError(cache.path(key), f"holds no {spec.arch} feature net for {data.name!r} "
                                             f"({type(err).__name__}: {first_line(err)}); delete it to retrain") from None
+
+
+def cache_key(data: RealData, spec: FeatNetSpec) -> dict:
+    """What a pretrained feature net is a function of: the data it learnt from and its spec."""
+    return {"data": data.name, "source": data.source, "n_train": len(data.x_train), **asdict(spec)}
 
 
 def _build(data: RealData, spec: FeatNetSpec) -> nn.Module:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -71,6 +72,9 @@ def check_writable(path: str | os.PathLike) -> Path:
     if path.is_dir():
         raise BadFileError(path, "is a folder; give a file name")
     created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    existing = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
+    if not existing.is_dir():
+        raise BadFileError(path, f"cannot be written ({existing} is a file, not a folder)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = _temporary(path, os.getpid())
@@ -123,7 +127,9 @@ def load_torch(path: str | os.PathLike, what: str) -> Any:
     A missing file stays a ``FileNotFoundError``. ``what`` names the expected kind of file in the message.
     """
     try:
-        return torch.load(Path(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's remarks on pickle protocols would only blur the one error line
+            warnings.simplefilter("ignore")
+            return torch.load(Path(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError:
