@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# A first look in about two minutes on 2 cores (the output names the full-budget command: the same without --first-look).
 run: setup
-	$(PY) -m distill_lib run
+	$(PY) -m distill_lib run --first-look
 
 unit: setup
 	$(PY) -m pytest tests

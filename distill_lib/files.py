@@ -132,9 +132,11 @@ def load_torch(path: str | os.PathLike, what: str) -> Any:
             return torch.load(Path(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
-    except pickle.UnpicklingError:
-        raise BadFileError(path, f"is not a {what}: it holds objects that safe (weights-only) loading refuses to "
-                                 f"run") from None
+    except pickle.UnpicklingError as err:  # objects beyond tensors and plain data (could run code), or not a pickle
+        # torch's reason, without its advice on allowlisting the object: that is the unsafe way round
+        detail = (str(err).partition("WeightsUnpickler error:")[2].strip() or first_line(err)).splitlines()[0]
+        detail = detail.split(" was not an allowed global")[0].split(". ")[0].strip()
+        raise BadFileError(path, f"is not a {what}: safe (weights-only) loading refused it ({detail})") from None
     except Exception as err:  # truncated zip, not a torch file at all, ...
         raise BadFileError(path, f"is not a readable {what} ({type(err).__name__}: {first_line(err)})") from None
 
