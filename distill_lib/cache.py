@@ -2,7 +2,8 @@
 
 Used for pretrained feature nets, sweep cells and continual-learning memories: anything expensive that is a pure
 function of a config. Values are saved with ``torch.save`` (tensors, numbers, strings, lists, dicts) and read back
-with ``weights_only=True``. Writes are atomic (:func:`distill_lib.files.atomic_save`); an unreadable entry is recomputed with a warning, never a crash.
+with ``weights_only=True``. Writes are atomic (:func:`distill_lib.files.atomic_save`); an unreadable entry is
+recomputed with a warning, never a crash.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 
 from .data import cache_root
 from .files import atomic_save, load_torch

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import distributed
 from .data import DATASETS, DatasetNotFoundError, load_dataset
-from .distill import INITS, METHOD_DEFAULTS, METHODS, DistillConfig, distill
+from .distill import INITS, METHOD_DEFAULTS, METHODS, DistillConfig, Interrupted, distill
 from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
 from .files import check_writable
 from .losses import CC_FORMS
@@ -75,7 +75,7 @@ EVAL_HELP = {
 CHOICES = {"method": METHODS, "init": INITS, "model": MODEL_NAMES, "featnet_arch": MODEL_NAMES, "net_norm": NORMS,
            "net_act": ACTIVATIONS, "net_pooling": POOLINGS, "cc_form": CC_FORMS, "compile": COMPILE_MODES}
 # `run --first-look`: a first result in minutes on a laptop's CPU. Explicit flags still win.
-FIRST_LOOK = {"iterations": 100, "batch_real": 128, "eval_epochs": 100, "eval_num_models": 2}
+FIRST_LOOK = {"iterations": 80, "batch_real": 128, "eval_epochs": 100, "eval_num_models": 2}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -220,8 +220,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"saved {out}")
         return 0
     baseline = random_subset(data, config.ipc, config.seed)
-    rows = [("random real subset", baseline, evaluate(baseline, data, protocol, progress)),
-            (config.label(), syn, evaluate(syn, data, protocol, progress))]
+    try:
+        rows = [("random real subset", baseline, evaluate(baseline, data, protocol, progress)),
+                (config.label(), syn, evaluate(syn, data, protocol, progress))]
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted while evaluating; the synthetic set is saved in {out} (evaluate it alone: "
+                          f"python -m distill_lib evaluate --syn {out})") from None
     if not distributed.is_main():
         return 0
     picture = _save_picture(out.with_suffix(".png"), [(f"{name}: {result}", s) for name, s, result in rows])

@@ -52,8 +52,8 @@ def pretrain(data: RealData, spec: FeatNetSpec, device="cpu", progress: bool = F
         net.load_state_dict(cached["state_dict"])
         return _freeze(net.to(device)), float(cached["accuracy"])
     except (KeyError, TypeError, RuntimeError) as err:  # an entry written for another net under the same key
-        raise BadFileError(cache.path(key), f"holds no {spec.arch} feature net for {data.name!r} "
-                                            f"({type(err).__name__}: {first_line(err)}); delete it to retrain") from None
+        problem = f"holds no {spec.arch} feature net for {data.name!r} ({type(err).__name__}: {first_line(err)})"
+        raise BadFileError(cache.path(key), f"{problem}; delete it to retrain") from None
 
 
 def cache_key(data: RealData, spec: FeatNetSpec) -> dict:

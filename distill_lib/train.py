@@ -68,7 +68,8 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches, gen
 
 
 def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-              batch_size: int, generator: torch.Generator, dsa_strategy: str = "none", bar: tqdm | None = None) -> float:
+              batch_size: int, generator: torch.Generator, dsa_strategy: str = "none",
+              bar: tqdm | None = None) -> float:
     """One pass over (x, y) in a seeded random order, DSA on each batch; returns the mean training loss.
 
     ``bar``: a progress bar advanced by one after every batch.

@@ -77,7 +77,7 @@ def nan_set(made: Path, target: Path) -> Path:
     return syn.save(target)
 
 
-def featnet_entry_for_another_net(work: Path) -> None:
+def featnet_entry_for_another_net() -> None:
     """A feature-net cache entry at the right key holding weights of no ResNet18 (a foreign or damaged entry)."""
     spec = FeatNetSpec(epochs=1, per_class=2, seed=0)
     DiskCache("featnet").put(cache_key(load_dataset("digits"), spec), {"state_dict": {"w": torch.zeros(2)},
@@ -108,6 +108,13 @@ def ctrl_c_at_iteration_2(monkeypatch) -> None:
     monkeypatch.setattr(Distiller, "step", step)
 
 
+def ctrl_c_while_evaluating(monkeypatch) -> None:
+    def evaluate(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "evaluate", evaluate)
+
+
 # (id, argv with {made} and {work} placeholders, setup(made, work, monkeypatch) or None, exit code, fragments)
 ROWS = [
     ("truncated npz", ["evaluate", "--random-subset", "1", "--dataset", "mnist", "--data-root", "{work}", *TINY_EVAL],
@@ -123,7 +130,8 @@ ROWS = [
     ("missing data", ["distill", *TINY, "--dataset", "cifar10"], None, 2,
      ["dataset 'cifar10' not found", "(--data-root, else $DISTILL_DATA", "--download with internet access"]),
     ("--out under a regular file", ["distill", *TINY, "--out", "{work}/file/out.pt"],
-     lambda made, work, mp: (work / "file").write_text("x"), 2, ["out.pt: cannot be written (", "file is a file, not a folder)"]),
+     lambda made, work, mp: (work / "file").write_text("x"), 2,
+     ["out.pt: cannot be written (", "file is a file, not a folder)"]),
     ("--out is a folder", ["run", *TINY, *TINY_EVAL, "--out", "{work}"], None, 2, ["is a folder"]),
     ("--checkpoint under a regular file", ["distill", *TINY, "--checkpoint", "{work}/file/ck.pt"],
      lambda made, work, mp: (work / "file").write_text("x"), 2, ["ck.pt: cannot be written"]),
@@ -150,7 +158,7 @@ ROWS = [
      lambda made, work, mp: nan_set(made, work / "nan.pt"), 2, ["nan.pt: holds 1 non-finite pixel values"]),
     ("feature-net cache entry of another net", ["distill", *TINY, "--ipc", "2", "--cc", "--featnet-epochs", "1",
                                                 "--featnet-per-class", "2"],
-     lambda made, work, mp: featnet_entry_for_another_net(work), 2, ["holds no resnet18 feature net for 'digits'",
+     lambda made, work, mp: featnet_entry_for_another_net(), 2, ["holds no resnet18 feature net for 'digits'",
                                                                      "delete it to retrain"]),
     ("--lr-img nan", ["distill", *TINY, "--lr-img", "nan"], None, 2, ["lr_img must be a finite number, got nan"]),
     ("--eval-lr inf", ["run", *TINY, *TINY_EVAL, "--eval-lr", "inf"], None, 2, ["lr must be a finite number"]),
@@ -165,6 +173,9 @@ ROWS = [
     ("Ctrl-C with a checkpoint", ["distill", *TINY, "--checkpoint", "{work}/ck.pt"],
      lambda made, work, mp: ctrl_c_at_iteration_2(mp), 130,
      ["interrupted at iteration 2; state saved to", "ck.pt: run the same command with resume (--resume)"]),
+    ("Ctrl-C while evaluating", ["run", *TINY, *TINY_EVAL, "--out", "{work}/syn.pt"],
+     lambda made, work, mp: ctrl_c_while_evaluating(mp), 130,
+     ["interrupted while evaluating; the synthetic set is saved in", "python -m distill_lib evaluate --syn"]),
     ("Ctrl-C without a checkpoint", ["distill", *TINY], lambda made, work, mp: ctrl_c_at_iteration_2(mp), 130,
      ["interrupted at iteration 2; nothing saved"]),
 ]
@@ -190,7 +201,8 @@ def test_bad_input_is_one_line(argv, setup, code, fragments, made, work, monkeyp
     # Nothing half-written: no output set, no temporaries; only a checkpoint the message points to.
     after = sorted(p.name for p in work.iterdir())
     assert not os.path.exists("runs") and not [name for name in after if ".tmp" in name]
-    assert set(after) - set(before) <= ({"ck.pt"} if "ck.pt" in err else set())
+    kept = {name for name in ("ck.pt", "syn.pt") if name in err}  # files the message points to
+    assert set(after) - set(before) <= kept
 
 
 def test_nan_mid_run_checkpoint_holds_the_last_finite_state(work, monkeypatch, capsys):
