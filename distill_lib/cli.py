@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import typing
 import warnings
@@ -169,14 +170,20 @@ def _default_out(config: DistillConfig) -> Path:
     return Path("runs") / f"{config.dataset}{method}_ipc{config.ipc}_seed{config.seed}.pt"
 
 
+def _is_first_look_flag(arg: str) -> bool:
+    return len(arg) > 3 and "--first-look".startswith(arg)  # argparse accepts any unique prefix
+
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser(first_look="--first-look" in argv).parse_args(argv)
-    args.full_budget = " ".join(["python -m distill_lib", *(a for a in argv if a != "--first-look")])
+    args = parser().parse_args(argv)
+    if getattr(args, "first_look", False):  # again, with the first look's defaults under the flags given
+        args = parser(first_look=True).parse_args(argv)
+    args.full_budget = "python -m distill_lib " + shlex.join(a for a in argv if not _is_first_look_flag(a))
     shown = warnings.formatwarning
     warnings.formatwarning = _one_line_warning  # a user reads the message, not the library's source line
     try:
