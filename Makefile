@@ -19,8 +19,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# A first look in about two minutes on 2 cores; the output names the full-budget command (the same without
+# --first-look). One thread, as for the tests: on a busy machine two threads spin against the other jobs.
 run: setup
-	$(PY) -m distill_lib run
+	OMP_NUM_THREADS=1 $(PY) -m distill_lib run --first-look
 
 unit: setup
 	$(PY) -m pytest tests

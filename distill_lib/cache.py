@@ -2,21 +2,23 @@
 
 Used for pretrained feature nets, sweep cells and continual-learning memories: anything expensive that is a pure
 function of a config. Values are saved with ``torch.save`` (tensors, numbers, strings, lists, dicts) and read back
-with ``weights_only=True``. Writes are atomic; an unreadable entry is recomputed with a warning, never a crash.
+with ``weights_only=True``. Writes are atomic (:func:`distill_lib.files.atomic_save`); an unreadable entry is
+recomputed with a warning, never a crash.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 
 from .data import cache_root
+from .files import atomic_save, load_torch
 
 
 def canonical(config: Any) -> Any:
@@ -32,22 +34,18 @@ def canonical(config: Any) -> Any:
     raise TypeError(f"cannot key a cache on a {type(config).__name__}: {config!r}")
 
 
+def check_finite_fields(config: Any) -> None:
+    """Refuse a dataclass config with a NaN or infinite float field: it would run to a meaningless result."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")
+
+
 def config_key(config: Any) -> str:
     """sha256 of the canonical JSON of ``config`` (first 24 hex digits)."""
     text = json.dumps(canonical(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:  # unpicklable value, full disk, Ctrl-C: leave neither half a file nor the temporary
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class DiskCache:
@@ -65,7 +63,7 @@ class DiskCache:
         if not path.exists():
             return None
         try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
+            entry = load_torch(path, "cache entry")
             if entry["config"] != canonical(config):
                 raise ValueError("stored config differs from the requested one")
             return entry["value"]

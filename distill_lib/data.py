@@ -7,9 +7,9 @@ torchvision's download (only with ``download=True``), or scikit-learn for the em
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import seeding
+from .files import BadFileError, atomic_write, first_line, sha256_file
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test", "classes")
 
@@ -206,14 +207,29 @@ def _load_uncached(spec: DatasetSpec, root: Path, download: bool) -> RealData:
         try:
             return _load_torchvision(spec, tv_root, download)
         except (RuntimeError, OSError) as err:  # torchvision says "Dataset not found" or the download failed
-            reason = str(err).splitlines()[0]
+            reason = first_line(err).split(". You can use download=True")[0]  # the CLI's flag is --download
             tried[-1] += f": {reason}"
-    raise FileNotFoundError(
-        f"dataset {spec.name!r} not found. Tried:\n  " + "\n  ".join(tried) +
-        f"\nProvide it by one of:\n  - putting {spec.name}.npz (arrays {', '.join(NPZ_KEYS)}; x as uint8 (N, C, H, W)) "
-        f"in the data folder (argument root=, else $DISTILL_DATA, else ./data)"
-        + (f"\n  - load_dataset({spec.name!r}, download=True) with internet access" if spec.torchvision_name else "")
-        + f"\n  - {spec.how_to_get}")
+    raise DatasetNotFoundError(spec, tried)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set found in none of the places tried; the message says how to provide it.
+
+    :meth:`advice` words the fix for a given front end: the library's arguments by default, the command line's flags
+    when the CLI asks.
+    """
+
+    def __init__(self, spec: DatasetSpec, tried: list[str]):
+        self.spec, self.tried = spec, tried
+        super().__init__(self.advice("argument root=", f"load_dataset({spec.name!r}, download=True)"))
+
+    def advice(self, root_option: str, download_option: str) -> str:
+        spec = self.spec
+        return (f"dataset {spec.name!r} not found. Tried:\n  " + "\n  ".join(self.tried) +
+                f"\nProvide it by one of:\n  - putting {spec.name}.npz (arrays {', '.join(NPZ_KEYS)}; x as uint8 "
+                f"(N, C, H, W)) in the data folder ({root_option}, else $DISTILL_DATA, else ./data)"
+                + (f"\n  - {download_option} with internet access" if spec.torchvision_name else "")
+                + f"\n  - {spec.how_to_get}")
 
 
 def from_arrays(name: str, x_train, y_train, x_test, y_test, classes, source: str = "") -> RealData:
@@ -240,35 +256,40 @@ def _read_npz(path: Path) -> dict:
     mtimes, as on a machine that mounts it per session) hashes in well under a second and reuses the copy instead
     of decoding again (~10 s for CIFAR-10) and leaving a stale copy behind.
     """
-    with open(path, "rb") as f:
-        tag = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    tag = sha256_file(path)[:16]
     decoded = cache_root() / "decoded" / f"{path.stem}-{tag}.npz"
     if decoded.exists():
         try:
             return _npz_members(decoded)
-        except Exception:  # corrupt, truncated or empty (EOFError, zipfile.BadZipFile, ValueError, OSError...)
+        except BadFileError:  # corrupt, truncated, empty or incomplete
             warnings.warn(f"decoded cache {decoded} unreadable; decoding {path} again")
     arrays = _npz_members(path)
-    tmp = decoded.with_suffix(f".tmp{os.getpid()}.npz")
     try:
-        decoded.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, **arrays)
-        os.replace(tmp, decoded)
-    except OSError as err:  # a read-only cache is only slower, never fatal
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        warnings.warn(f"could not cache the decoded copy of {path} in {decoded.parent}: {err}")
+        atomic_write(decoded, lambda f: np.savez(f, **arrays))
+    except BadFileError as err:  # a read-only cache is only slower, never fatal
+        warnings.warn(f"could not cache the decoded copy of {path} in {decoded.parent}: {err.problem}")
     return arrays
 
 
 def _npz_members(path: Path) -> dict:
-    with np.load(path, allow_pickle=False) as f:
-        missing = [k for k in NPZ_KEYS if k not in f.files]
-        if missing:
-            raise ValueError(f"{path} lacks arrays {missing}; an .npz data set needs {', '.join(NPZ_KEYS)}")
-        return {k: f[k] for k in NPZ_KEYS}
+    """The arrays of an .npz data file; anything unreadable is a :class:`BadFileError` (never a pickle load)."""
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and suggest allow_pickle=True
+        raise BadFileError(path, "is not an .npz archive (not a complete zip file: truncated, or another format)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in NPZ_KEYS if k not in f.files]
+            if missing:
+                raise BadFileError(path, f"lacks arrays {missing}; an .npz data set needs {', '.join(NPZ_KEYS)}")
+            return {k: f[k] for k in NPZ_KEYS}
+    except BadFileError:
+        raise
+    except ValueError as err:
+        if "allow_pickle" not in str(err):
+            raise BadFileError(path, f"is a damaged .npz archive ({first_line(err)})") from None
+        raise BadFileError(path, "holds object (pickled) arrays, which are never loaded: they could run code; "
+                                 "store plain numeric arrays") from None
+    except Exception as err:  # a damaged member (zlib, CRC, EOF), a bad header
+        raise BadFileError(path, f"is a damaged .npz archive ({type(err).__name__}: {first_line(err)})") from None
 
 
 def _load_torchvision(spec: DatasetSpec, root: Path, download: bool) -> RealData:

@@ -10,7 +10,10 @@ torchrun (each rank matches and updates only ``Distiller.classes``; see distill_
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -20,9 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from . import augment, distributed, idm, losses, seeding
-from .cache import atomic_save, canonical
+from .cache import canonical, check_finite_fields
 from .data import DATASETS, RealData
 from .featnet import FeatNetPool, FeatNetSpec
+from .files import BadFileError, atomic_save, load_torch
 from .models import MODEL_NAMES, NORMS, get_model
 from .synthetic import SyntheticSet, check_factor, decode_partitions, encode_partitions
 from .train import compiled, resolve_device, use_compile
@@ -100,6 +104,7 @@ class DistillConfig:
     lambda_cm: float | None = None
 
     def __post_init__(self):
+        check_finite_fields(self)
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
         if self.method not in METHODS:
@@ -401,13 +406,45 @@ def _net_kwargs(config: DistillConfig) -> dict:
     return kwargs
 
 
+CHECKPOINT_KEYS = ("config", "iteration", "images", "optimizer", "history")
+# History entries that are not loss terms (and so are not checked for finiteness).
+NOT_LOSS_TERMS = ("iteration", "seconds", "net_accuracy")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`distill`; the message says what was saved and how to continue."""
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint written by :func:`distill`; any other file is a :class:`BadFileError` saying what it is."""
+    state = load_torch(path, "distillation checkpoint")
+    if isinstance(state, dict) and {"images", "labels", "metadata"} <= state.keys():
+        raise BadFileError(path, "is a saved synthetic set, not a checkpoint (resume continues from the file written "
+                                 "to the checkpoint path, --checkpoint)")
+    if not isinstance(state, dict) or not set(CHECKPOINT_KEYS) <= state.keys():
+        raise BadFileError(path, f"is not a distillation checkpoint (needs {', '.join(CHECKPOINT_KEYS)})")
+    return state
+
+
+def _nonfinite(run: Distiller, record: dict) -> str | None:
+    """Which part of the last step went non-finite (a loss term by name, else the pixels), or None (on every rank)."""
+    terms = [k for k in record if k not in NOT_LOSS_TERMS and k != "loss"] + ["loss"]
+    what = next((f"loss term {k!r} is {record[k]}" for k in terms if not math.isfinite(record[k])), None)
+    pixels_bad = distributed.all_reduce_sum([float(not bool(torch.isfinite(run.images).all()))], run.device)[0]
+    if what is None and pixels_bad:
+        what = "the synthetic pixels overflowed to NaN or infinity in the update"
+    return what
+
+
 def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None = None, resume: bool = False,
             progress: bool = True) -> SyntheticSet:
     """Run (or continue) a distillation and return the synthetic set.
 
     ``checkpoint``: a file written atomically every ``config.checkpoint_every`` iterations, at the end, and when the
-    run is interrupted (Ctrl-C). ``resume=True`` continues from it when it exists, to exactly the result an
-    uninterrupted run would give.
+    run is interrupted (Ctrl-C, which raises :class:`Interrupted`). ``resume=True`` continues from it when it exists,
+    to exactly the result an uninterrupted run would give. A loss term or pixel that turns NaN or infinite stops the
+    run with a ``ValueError`` naming the iteration and the term; with a checkpoint path, the state before that step
+    (the last finite one) is written there first.
 
     Under torchrun every process calls this with the same arguments: each holds its share of the classes, rank 0
     reads and writes the checkpoint and shows progress, and all return the whole set. A checkpoint resumes at any
@@ -420,17 +457,32 @@ def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     run = Distiller(config, data, progress)
     if resume:
-        state = distributed.from_main(
-            lambda: torch.load(checkpoint, map_location="cpu", weights_only=True) if checkpoint.exists() else None)
+        state = distributed.from_main(lambda: read_checkpoint(checkpoint) if checkpoint.exists() else None)
         if state is not None:
-            run.load_state_dict(state)
+            try:
+                run.load_state_dict(state)
+            except (KeyError, RuntimeError, TypeError, IndexError) as err:  # right keys, wrong contents
+                raise BadFileError(checkpoint, f"holds a damaged checkpoint ({type(err).__name__}: {err})") from None
     if run.iteration > config.iterations:
         raise ValueError(f"checkpoint is at iteration {run.iteration}, beyond iterations={config.iterations}")
     bar = tqdm(total=config.iterations, initial=run.iteration, desc=f"distill {config.dataset} ipc{config.ipc}",
                disable=not (progress and distributed.is_main()))
+    if run.queue is not None and not bar.disable:
+        tqdm.write(config.queue_spec().cost(), file=sys.stderr)
+        run.queue.on_step = bar.set_postfix_str
     try:
         while run.iteration < config.iterations:
+            last_finite = copy.deepcopy(run.state_dict()) if checkpoint is not None else None
             record = run.step()
+            problem = _nonfinite(run, record)
+            if problem:
+                if last_finite is not None and distributed.is_main():
+                    atomic_save(last_finite, checkpoint)
+                kept = (f"the last finite state (iteration {last_finite['iteration']}) is saved in {checkpoint}"
+                        if last_finite is not None else "no checkpoint was kept (a checkpoint path, --checkpoint, "
+                                                        "keeps the last finite state)")
+                raise ValueError(f"iteration {record['iteration']}: {problem}; stopped ({kept}). A smaller lr_img "
+                                 f"(--lr-img) or smaller loss weights usually keep the run finite")
             bar.update(1)
             if run.iteration % 10 == 0 or run.iteration == config.iterations:
                 bar.set_postfix(loss=f"{record['loss']:.4g}")
@@ -442,12 +494,17 @@ def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None
         raise distributed.PeerFailure(f"{err}. {checkpoint} keeps the last saved state: run the same command with "
                                       f"resume (--resume), at any number of processes") from err
     except KeyboardInterrupt:
+        if checkpoint is None:
+            raise Interrupted(f"interrupted at iteration {run.iteration}; nothing saved (a checkpoint path, "
+                              f"--checkpoint, keeps the state for resume)") from None
         if distributed.active():  # the others may be an iteration apart or gone: no collective save is safe
-            warnings.warn(f"interrupted at iteration {run.iteration}; the last periodic checkpoint is kept")
-        elif checkpoint is not None:
+            message = f"interrupted at iteration {run.iteration}; {checkpoint} keeps the last periodic checkpoint"
+        else:
             run.save_checkpoint(checkpoint)
-            warnings.warn(f"interrupted at iteration {run.iteration}; state saved to {checkpoint}")
-        raise
+            message = f"interrupted at iteration {run.iteration}; state saved to {checkpoint}"
+        message += ": run the same command with resume (--resume) to continue"
+        warnings.warn(message)
+        raise Interrupted(message) from None
     finally:
         bar.close()
     if checkpoint is not None:

@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import augment, distributed, seeding
+from .cache import check_finite_fields
 from .data import RealData
 from .models import get_model
-from .synthetic import SyntheticSet
+from .synthetic import SyntheticSet, nonfinite_problem
 from .train import TrainSpec, accuracy, resolve_device, train_classifier, use_compile
 
 COMPILE_MIN_WORK = 30_000  # image-passes; eager costs ~6 ms per image-pass on one core, so >= ~3 minutes of training
@@ -37,6 +38,7 @@ class EvalProtocol:
     compile: str = "auto"  # torch.compile the training and test passes: "on", "off", or "auto" (see use_compile)
 
     def __post_init__(self):
+        check_finite_fields(self)
         if self.num_models < 1:
             raise ValueError(f"num_models must be >= 1, got {self.num_models}")
         use_compile(self.compile, torch.device("cpu"), False)  # validates the mode
@@ -62,7 +64,7 @@ class EvalProtocol:
     def describe(self) -> str:
         return (f"{self.model}, {self.epochs} epochs, lr {self.lr} (x0.1 at half), momentum {self.momentum}, "
                 f"wd {self.weight_decay}, batch {self.batch_size}, DSA {'on' if self.dsa else 'off'}, "
-                f"{self.num_models} models, seed {self.seed}")
+                f"{self.num_models} model{'s' if self.num_models > 1 else ''}, seed {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,9 @@ def evaluate(syn: SyntheticSet, data: RealData, protocol: EvalProtocol = EvalPro
     if syn.num_classes != data.num_classes or syn.images.shape[1:] != data.x_train.shape[1:]:
         raise ValueError(f"synthetic set ({syn.num_classes} classes, images {tuple(syn.images.shape[1:])}) does not "
                          f"fit data set {data.name!r} ({data.num_classes} classes, {tuple(data.x_train.shape[1:])})")
+    problem = nonfinite_problem(syn.images)
+    if problem:
+        raise ValueError(f"synthetic set {problem}; nothing to evaluate")
     device = distributed.rank_device(resolve_device(protocol.device))
     distributed.setup(device)
     x, y = (t.to(device) for t in syn.decoded())

@@ -7,14 +7,18 @@ iteration, never reloaded.
 """
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from . import seeding
 from .cache import DiskCache
 from .data import RealData
+from .files import BadFileError, first_line
 from .models import get_model
 from .train import TrainSpec, accuracy, train_classifier
 
@@ -40,11 +44,21 @@ def pretrain(data: RealData, spec: FeatNetSpec, device="cpu", progress: bool = F
 
     The accuracy is measured on ``data``'s test split, which is a validation split when the caller passes one.
     """
-    key = {"data": data.name, "source": data.source, "n_train": len(data.x_train), **asdict(spec)}
-    cached = DiskCache("featnet").get_or_compute(key, lambda: _train(data, spec, progress))
+    key = cache_key(data, spec)
+    cache = DiskCache("featnet")
+    cached = cache.get_or_compute(key, lambda: _train(data, spec, progress))
     net = _build(data, spec)
-    net.load_state_dict(cached["state_dict"])
-    return _freeze(net.to(device)), cached["accuracy"]
+    try:
+        net.load_state_dict(cached["state_dict"])
+        return _freeze(net.to(device)), float(cached["accuracy"])
+    except (KeyError, TypeError, RuntimeError) as err:  # an entry written for another net under the same key
+        problem = f"holds no {spec.arch} feature net for {data.name!r} ({type(err).__name__}: {first_line(err)})"
+        raise BadFileError(cache.path(key), f"{problem}; delete it to retrain") from None
+
+
+def cache_key(data: RealData, spec: FeatNetSpec) -> dict:
+    """What a pretrained feature net is a function of: the data it learnt from and its spec."""
+    return {"data": data.name, "source": data.source, "n_train": len(data.x_train), **asdict(spec)}
 
 
 def _build(data: RealData, spec: FeatNetSpec) -> nn.Module:
@@ -56,6 +70,11 @@ def _train(data: RealData, spec: FeatNetSpec, progress: bool) -> dict:
     net.reset_parameters(seeding.generator(spec.seed, seeding.FEATNET, 0))
     train = data.subset(spec.per_class, seed=spec.seed) if spec.per_class else data
     x, y = train.train_tensors()
+    if progress:  # the cost up front: on the full training set of a large data set this is the longest step
+        batches = spec.epochs * math.ceil(len(x) / spec.batch_size)
+        tqdm.write(f"pretraining a {spec.arch} feature net (seed {spec.seed}) on {len(x)} images for {spec.epochs} "
+                   f"epochs ({batches} batches of {spec.batch_size}); cached in {DiskCache('featnet').dir} for later "
+                   f"runs", file=sys.stderr)
     train_classifier(net, x, y, TrainSpec(epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size),
                      seeding.generator(spec.seed, seeding.FEATNET, 1), progress=progress and f"featnet {spec.arch}")
     return {"state_dict": net.state_dict(), "accuracy": accuracy(net, *data.test_tensors())}

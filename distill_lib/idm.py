@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -54,6 +55,12 @@ class QueueSpec:
             raise ValueError(f"queue_train_nets ({self.train_nets}) cannot exceed queue_length ({self.length})")
         if not self.lr > 0:
             raise ValueError(f"queue_lr must be positive, got {self.lr}")
+
+    def cost(self) -> str:
+        """What the queue adds to every iteration, said before a run starts (it is most of an IDM iteration)."""
+        return (f"IDM: every iteration also trains {self.train_nets} queue nets {self.train_steps} SGD steps each on "
+                f"{self.batch} real images ({self.train_nets * self.train_steps * self.batch} image passes forward "
+                f"and backward); a new net joins every {self.push_interval} iterations (at most {self.length})")
 
     def train_spec(self) -> TrainSpec:
         return TrainSpec(epochs=1, lr=self.lr, momentum=0.9, weight_decay=5e-4, batch_size=self.batch,
@@ -90,6 +97,7 @@ class ModelQueue:
         self.data, self.spec, self.device = data, spec, torch.device(device)
         self.members: list[Member] = []
         self.born = 0  # nets pushed so far, i.e. the serial of the next one
+        self.on_step: Callable[[str], None] | None = None  # told "queue net k/n, step s/S" after each SGD step
         for _ in range(min(INITIAL_NETS, spec.length)):
             self.push()
 
@@ -139,12 +147,19 @@ class ModelQueue:
             member = self.members[index]
             member.net.requires_grad_(True)
             try:
-                _, member.accuracy = train_steps(member.net, member.optimizer, self.real_batches(iteration, slot),
+                _, member.accuracy = train_steps(member.net, member.optimizer, self._reported(iteration, slot),
                                                  seeding.generator(self.spec.seed, seeding.QUEUE_TRAIN, iteration,
                                                                    slot, 1))
             finally:
                 member.net.requires_grad_(False)  # only the synthetic pixels get gradients while matching
             member.steps += self.spec.train_steps
+
+    def _reported(self, iteration: int, slot: int):
+        """``real_batches``, telling ``on_step`` after each step: an IDM iteration can take minutes on a CPU."""
+        for step, batch in enumerate(self.real_batches(iteration, slot), 1):
+            yield batch
+            if self.on_step is not None:
+                self.on_step(f"queue net {slot + 1}/{self.spec.train_nets}, step {step}/{self.spec.train_steps}")
 
     def state_dict(self) -> dict:
         return {"born": self.born,

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .cache import atomic_save, canonical
+from .cache import canonical
+from .files import BadFileError, atomic_save, load_torch
 
 FORMAT_VERSION = 1
 
@@ -113,17 +114,34 @@ class SyntheticSet:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SyntheticSet":
-        try:
-            blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as err:  # not a torch file, truncated, or holding objects weights_only refuses
-            reason = (str(err).strip().splitlines() or [""])[0]
-            raise ValueError(f"{path} is not a readable SyntheticSet file ({type(err).__name__}: {reason})") from err
+        """Read a file written by :meth:`save`; anything else (or non-finite pixels) is a :class:`BadFileError`."""
+        blob = load_torch(path, "synthetic set file")
+        if isinstance(blob, dict) and {"config", "iteration", "optimizer"} <= blob.keys():
+            raise BadFileError(path, "is a distillation checkpoint, not a synthetic set (the set is the file "
+                                     "written by 'distill --out')")
         if not isinstance(blob, dict) or not {"images", "labels", "metadata"} <= blob.keys():
-            raise ValueError(f"{path} is not a saved SyntheticSet (needs images, labels and metadata)")
-        meta = json.loads(blob["metadata"])
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path} has format version {meta.get('format_version')}, expected {FORMAT_VERSION}")
-        return cls(blob["images"], blob["labels"], tuple(meta["mean"]), tuple(meta["std"]), meta["classes"],
-                   meta["config"], meta["history"], meta["factor"])
+            raise BadFileError(path, "is not a saved SyntheticSet (needs images, labels and metadata)")
+        try:
+            meta = json.loads(blob["metadata"])
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise BadFileError(path, f"has format version {meta.get('format_version')}, expected "
+                                         f"{FORMAT_VERSION}")
+            syn = cls(blob["images"], blob["labels"], tuple(meta["mean"]), tuple(meta["std"]), meta["classes"],
+                      meta["config"], meta["history"], meta["factor"])
+        except BadFileError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            raise BadFileError(path, f"holds a damaged SyntheticSet ({type(err).__name__}: {err})") from None
+        problem = nonfinite_problem(syn.images)
+        if problem:
+            raise BadFileError(path, problem)
+        return syn
+
+
+def nonfinite_problem(images: torch.Tensor) -> str | None:
+    """What is wrong with images holding NaN or infinity (a network trained on them learns nothing), else None."""
+    bad = ~torch.isfinite(images)
+    if not bad.any():
+        return None
+    return (f"holds {int(bad.sum())} non-finite pixel values (NaN or infinity) in {int(bad.flatten(1).any(1).sum())} "
+            f"of {len(images)} images: the run that made them diverged")

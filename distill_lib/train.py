@@ -6,6 +6,7 @@ network on (images, labels) tensors with SGD, optional DSA and a step decay; the
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -67,30 +68,48 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches, gen
 
 
 def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-              batch_size: int, generator: torch.Generator, dsa_strategy: str = "none") -> float:
-    """One pass over (x, y) in a seeded random order, DSA on each batch; returns the mean training loss."""
+              batch_size: int, generator: torch.Generator, dsa_strategy: str = "none",
+              bar: tqdm | None = None) -> float:
+    """One pass over (x, y) in a seeded random order, DSA on each batch; returns the mean training loss.
+
+    ``bar``: a progress bar advanced by one after every batch.
+    """
     order = torch.randperm(len(x), generator=generator).to(x.device)
     batches = ((x[idx], y[idx]) for idx in order.split(batch_size))
-    return train_steps(model, optimizer, batches, generator, dsa_strategy)[0]
+    return train_steps(model, optimizer, ticking(batches, bar), generator, dsa_strategy)[0]
+
+
+def ticking(items, bar: tqdm | None):
+    """``items`` unchanged, advancing ``bar`` by one as each is consumed (when the consumer asks for the next)."""
+    for item in items:
+        yield item
+        if bar is not None:
+            bar.update(1)
 
 
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: TrainSpec,
                      generator: torch.Generator, progress: bool | str = False) -> list[float]:
-    """Train ``model`` in place on (x, y) (already on the model's device); returns the loss of every epoch."""
+    """Train ``model`` in place on (x, y) (already on the model's device); returns the loss of every epoch.
+
+    ``progress``: a bar (with that name when a string) counting batches, so that long epochs show an ETA at once.
+    """
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need as many labels as images (and at least one), got {len(x)} and {len(y)}")
     optimizer = spec.optimizer(model)  # the compiled wrapper shares these parameters
     net = compiled(model) if spec.compile else model
     decay_epoch = int(spec.epochs * spec.lr_decay_at)
     losses = []
-    epochs = range(spec.epochs)
-    if progress:
-        epochs = tqdm(epochs, desc=progress if isinstance(progress, str) else "train", leave=False)
-    for epoch in epochs:
-        if epoch == decay_epoch and epoch > 0:
-            for group in optimizer.param_groups:
-                group["lr"] *= spec.lr_decay
-        losses.append(run_epoch(net, optimizer, x, y, spec.batch_size, generator, spec.dsa_strategy))
+    bar = tqdm(total=spec.epochs * math.ceil(len(x) / spec.batch_size), unit="batch", leave=False,
+               desc=progress if isinstance(progress, str) else "train", disable=not progress)
+    try:
+        for epoch in range(spec.epochs):
+            if epoch == decay_epoch and epoch > 0:
+                for group in optimizer.param_groups:
+                    group["lr"] *= spec.lr_decay
+            losses.append(run_epoch(net, optimizer, x, y, spec.batch_size, generator, spec.dsa_strategy, bar))
+            bar.set_postfix(epoch=f"{epoch + 1}/{spec.epochs}", refresh=False)
+    finally:
+        bar.close()
     return losses
 
 

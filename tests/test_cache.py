@@ -1,14 +1,18 @@
-"""Tests for distill_lib.cache: config keys, the on-disk cache and atomic writes."""
+"""Tests for distill_lib.cache and distill_lib.files: config keys, the on-disk cache, atomic writes, safe loads."""
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
 import pytest
 import torch
 
-from distill_lib.cache import DiskCache, atomic_save, canonical, config_key
+from distill_lib.cache import DiskCache, atomic_save, canonical, check_finite_fields, config_key
+from distill_lib.files import BadFileError, check_writable, load_torch, remove_stale_temporaries, sha256_file
 
 
 @dataclass(frozen=True)
@@ -175,3 +179,69 @@ def test_failed_atomic_save_keeps_the_old_file_and_no_temporary(tmp_path):
     assert files(tmp_path) == ["value.pt"]
     assert target.read_bytes() == before
     assert not [p for p in os.listdir(tmp_path) if "tmp" in p]
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+def test_sha256_file_reads_in_chunks_and_matches_hashlib(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(10_000))
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sha256_file(path, chunk=1024) == expected == sha256_file(path)
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "ck.pt"
+    dead = tmp_path / f".ck.pt.tmp{_dead_pid()}"
+    alive = tmp_path / f".ck.pt.tmp{os.getppid()}"  # a live process that may still be writing
+    other = tmp_path / f".other.pt.tmp{_dead_pid()}"  # another file's temporary: not this write's business
+    for leftover in (dead, alive, other):
+        leftover.write_bytes(b"")
+    atomic_save({"a": 1}, target)
+    assert files(tmp_path) == sorted([target.name, alive.name, other.name])
+    assert remove_stale_temporaries(tmp_path / "other.pt") == [other]
+
+
+def test_check_writable_fails_before_any_work_and_leaves_nothing(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(BadFileError, match="a_file is a file, not a folder"):
+        check_writable(tmp_path / "a_file" / "sub" / "out.pt")
+    with pytest.raises(BadFileError, match="is a folder"):
+        check_writable(tmp_path)
+    assert check_writable(tmp_path / "new" / "deeper" / "out.pt") == tmp_path / "new" / "deeper" / "out.pt"
+    assert files(tmp_path) == ["a_file"]  # the folders made for the probe are gone again
+
+
+def test_atomic_write_into_an_unwritable_place_is_a_bad_file_error(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(BadFileError, match="cannot be written"):
+        atomic_save({"a": 1}, tmp_path / "a_file" / "out.pt")
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"PK\x03\x04 a truncated zip", "is not a readable thing"),
+    (b"not a torch file", "is not a thing: safe \\(weights-only\\) loading refused it \\(Unsupported operand"),
+    (pickle.dumps({"config": print}), "is not a thing: safe \\(weights-only\\) loading refused it"),
+])
+def test_load_torch_turns_every_unreadable_file_into_a_bad_file_error(tmp_path, content, match):
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(BadFileError, match=match) as info:
+        load_torch(path, "thing")
+    assert info.value.path == path and str(info.value).startswith(str(path))
+    with pytest.raises(FileNotFoundError):
+        load_torch(tmp_path / "missing.pt", "thing")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_check_finite_fields(value):
+    check_finite_fields(Config())
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        check_finite_fields(Config(lr=value))

@@ -15,8 +15,11 @@ import sys
 import pytest
 import torch
 
-from distill_lib.cli import main
+from distill_lib.cli import main, parser
 from distill_lib.data import load_dataset
+from distill_lib.distill import DistillConfig
+from distill_lib.evaluate import EvalProtocol
+from distill_lib.models import ACTIVATIONS, MODEL_NAMES, NORMS
 from distill_lib.synthetic import SyntheticSet
 
 TINY_DISTILL = ["--dataset", "digits", "--iterations", "3", "--ipc", "2", "--batch-real", "8", "--net-width", "8",
@@ -139,7 +142,7 @@ def test_distill_default_output_path(capsys, _isolated):
 
 def test_evaluate_a_saved_set(distilled, capsys):
     _, _, out = distilled
-    code, stdout, _ = run_main(["evaluate", "--syn", str(out), *TINY_EVAL, "--no-progress"], capsys)
+    code, stdout, _ = run_main(["evaluate", "--syn", str(out), *TINY_EVAL, "--no-progress", "--json"], capsys)
     assert code == 0
     result = last_json(stdout)
     assert result["dataset"] == "digits"
@@ -152,15 +155,22 @@ def test_evaluate_a_saved_set(distilled, capsys):
 
 def test_evaluate_random_subset(capsys):
     code, stdout, _ = run_main(["evaluate", "--random-subset", "2", "--dataset", "digits", *TINY_EVAL,
-                                "--eval-num-models", "2", "--eval-seed", "4", "--no-progress"], capsys)
+                                "--eval-num-models", "2", "--eval-seed", "4", "--no-progress", "--json"], capsys)
     assert code == 0
     result = last_json(stdout)
     assert len(result["accuracies"]) == 2 and result["protocol"]["seed"] == 4
     assert result["accuracy_mean"] == pytest.approx(sum(result["accuracies"]) / 2)
     # The same command gives the same numbers.
     code, again, _ = run_main(["evaluate", "--random-subset", "2", "--dataset", "digits", *TINY_EVAL,
-                               "--eval-num-models", "2", "--eval-seed", "4", "--no-progress"], capsys)
+                               "--eval-num-models", "2", "--eval-seed", "4", "--no-progress", "--json"], capsys)
     assert last_json(again)["accuracies"] == result["accuracies"]
+    # Without --json: the same numbers as a table in percent, as 'run' prints them.
+    code, table, _ = run_main(["evaluate", "--random-subset", "2", "--dataset", "digits", *TINY_EVAL,
+                               "--eval-num-models", "2", "--eval-seed", "4", "--no-progress"], capsys)
+    mean, std = 100 * result["accuracy_mean"], 100 * result["accuracy_std"]
+    assert code == 0 and table.splitlines()[0].startswith("digits, evaluation: mlp, 2 epochs")
+    assert table.splitlines()[1].split() == ["random", "real", "subset", "(IPC", "2)", f"{mean:.2f}", "±",
+                                             f"{std:.2f}", "%"]
 
 
 def test_evaluate_needs_exactly_one_source(distilled, capsys):
@@ -232,3 +242,66 @@ def test_module_entry_point_bad_input_exits_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: ipc must be >= 1, got 0"]
     assert proc.stdout == ""
+
+
+# ------------------------------------------------------------------------------------------------ long work
+
+def test_run_first_look_prints_the_table_a_picture_and_the_full_budget_command(capsys, _isolated):
+    """--first-look's defaults give way to explicit flags (here: tiny ones); the output names the full command.
+
+    Given abbreviated, as argparse allows: the flag still takes effect and still leaves the full command."""
+    code, stdout, err = run_main(["run", *TINY_DISTILL, *TINY_EVAL, "--first", "--out", "syn.pt"], capsys)
+    assert code == 0
+    lines = stdout.splitlines()
+    assert any(line.startswith("digits, IPC 2 (storage: 2 images per class), 3 iterations") for line in lines)
+    assert "training images each" not in stdout  # only said when a stored image holds several (IDM)
+    assert sum(line.rstrip().endswith("%") for line in lines) == 2
+    picture = _isolated / "syn.png"
+    assert f"picture of both sets: {picture.name}" in stdout
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert lines[-1].endswith("python -m distill_lib run " + " ".join([*TINY_DISTILL, *TINY_EVAL, "--out", "syn.pt"]))
+    assert err.startswith("first look: 3 iterations, evaluation 2 epochs x 1 networks")
+
+
+def test_first_look_defaults_fit_the_embedded_data(capsys):
+    """The first look's settings on digits: no batch_real larger than the smallest class (no warning about it)."""
+    args = parser(first_look=True).parse_args(["run", "--first-look"])
+    smallest = min(load_dataset("digits").class_count(c) for c in range(10))
+    assert args.batch_real <= smallest and args.iterations < DistillConfig.iterations
+    assert args.eval_epochs < EvalProtocol.epochs and args.eval_num_models < EvalProtocol.num_models
+    assert parser().parse_args(["run"]).iterations == DistillConfig.iterations  # without the flag: the full budget
+
+
+def test_feature_net_pretraining_says_its_cost_first_and_counts_batches(capsys, _isolated):
+    code, _, err = run_main(["distill", *[a for a in TINY_DISTILL if a != "--no-progress"], "--iterations", "1",
+                             "--cc", "--featnet-epochs", "2", "--featnet-per-class", "5", "--out", "x.pt"], capsys)
+    assert code == 0
+    assert "pretraining a resnet18 feature net (seed 0) on 50 images for 2 epochs (2 batches of 128)" in err
+    assert "featnet resnet18: 100%|██████████| 2/2" in err  # the bar counts batches, not epochs
+
+
+def test_idm_says_what_its_queue_costs_and_reports_each_queue_step(capsys, _isolated):
+    code, _, err = run_main(["distill", *[a for a in TINY_DISTILL if a != "--no-progress"], "--method", "idm",
+                             "--iterations", "1", "--queue-train-nets", "1", "--queue-train-steps", "2",
+                             "--queue-batch", "8", "--out", "x.pt"], capsys)
+    assert code == 0
+    assert "IDM: every iteration also trains 1 queue nets 2 SGD steps each on 8 real images (16 image passes" in err
+    assert "queue net 1/1, step 2/2" in err
+
+
+@pytest.mark.parametrize("command, option, values", [
+    ("distill", "--model", MODEL_NAMES), ("distill", "--featnet-arch", MODEL_NAMES), ("distill", "--net-norm", NORMS),
+    ("distill", "--net-act", ACTIVATIONS), ("evaluate", "--eval-model", MODEL_NAMES),
+])
+def test_name_options_list_their_values(command, option, values, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = "".join(capsys.readouterr().out.split())  # argparse wraps long lists
+    assert f"{option}{{{','.join(values)}}}" in out
+
+
+def test_compile_help_speaks_of_the_right_networks(capsys):
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "torch.compile DM's embedding net" in out and "evaluation networks" not in out

@@ -16,6 +16,7 @@ import torch
 
 from distill_lib import data as data_mod
 from distill_lib.data import DATASETS, data_root, from_arrays, load_dataset
+from distill_lib.files import BadFileError
 
 
 
@@ -231,6 +232,30 @@ def test_from_arrays_rejects_bad_shapes():
         from_arrays("cifar10", **{**arrays, "x_train": arrays["x_train"][:, 0]})
     with pytest.raises(ValueError, match="differ in shape"):
         from_arrays("cifar10", **{**arrays, "x_test": arrays["x_test"][:, :, :16]})
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("truncated", "is not an .npz archive"),
+    ("random bytes", "is not an .npz archive"),  # np.load alone would suggest allow_pickle=True here
+    ("object array", "holds object \\(pickled\\) arrays, which are never loaded"),
+    ("damaged member", "is a damaged .npz archive"),
+])
+def test_unreadable_npz_is_a_bad_file_error_naming_the_file(env, damage, match):
+    root, cache = env
+    npz = write_npz(root / "cifar10.npz", make_arrays())
+    if damage == "truncated":
+        npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    elif damage == "random bytes":
+        npz.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif damage == "object array":
+        np.savez(npz, **{**make_arrays(), "classes": np.array([{"a": 1}] * 10, dtype=object)})
+    else:  # a valid zip whose compressed member is corrupt
+        blob = bytearray(npz.read_bytes())
+        blob[200:400] = bytes(200)
+        npz.write_bytes(bytes(blob))
+    with pytest.raises(BadFileError, match=match) as info:
+        load_dataset("cifar10")
+    assert info.value.path == npz and "allow_pickle" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------------ missing data

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from distill_lib import train as train_mod
 from distill_lib.evaluate import EvalProtocol, EvalResult, evaluate, random_subset
 from distill_lib.synthetic import SyntheticSet
 from distill_lib.train import TrainSpec, accuracy, predict, train_classifier
@@ -280,3 +281,34 @@ def test_compile_setting_does_not_change_a_sweep_cell_key():
     keys = {str(Cell(DistillConfig(), EvalProtocol(compile=mode)).key()) for mode in ("auto", "on", "off")}
     assert len(keys) == 1
     assert Cell(DistillConfig(), EvalProtocol(epochs=7)).key() != Cell(DistillConfig(), EvalProtocol()).key()
+
+
+def test_progress_counts_batches_so_a_long_epoch_shows_an_eta_at_once(monkeypatch):
+    """The bar advances once per SGD step (3 epochs of 64 images in batches of 16: 12 ticks), not once per epoch."""
+    ticks = []
+    real_tqdm = train_mod.tqdm
+
+    def recording_tqdm(*args, **kwargs):
+        bar = real_tqdm(*args, **kwargs)
+        ticks.append(bar)
+        return bar
+
+    monkeypatch.setattr(train_mod, "tqdm", recording_tqdm)
+    x, y = _blobs()
+    train_classifier(_linear(), x, y, TrainSpec(epochs=3, lr=0.1, batch_size=16, dsa_strategy="none"),
+                     torch.Generator().manual_seed(0), progress="blobs")
+    (bar,) = ticks
+    assert bar.total == 12 and bar.n == 12 and bar.unit == "batch"
+
+
+@pytest.mark.parametrize("field", ["lr", "momentum", "weight_decay"])
+def test_protocol_refuses_non_finite_numbers(field):
+    with pytest.raises(ValueError, match=f"{field} must be a finite number, got nan"):
+        EvalProtocol(**{field: float("nan")})
+
+
+def test_evaluate_refuses_a_set_with_non_finite_pixels(digits):
+    syn = random_subset(digits, 1, 0)
+    syn.images[3, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="holds 1 non-finite pixel values .* in 1 of 10 images"):
+        evaluate(syn, digits, EvalProtocol(epochs=1, num_models=1, model="mlp", device="cpu"))
