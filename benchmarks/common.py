@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from distill_lib import course, distributed  # noqa: E402  (imported from this checkout, found through the line above)
+from distill_lib.course import parse_tables  # noqa: E402  (one parser: the course reads the tables back with it)
 
 
 def parser(doc: str, datasets: list[str], ipcs: list[int], seeds: int) -> argparse.ArgumentParser:
@@ -92,31 +93,6 @@ def printed() -> str:
     return sys.stdout.kept.getvalue() if isinstance(sys.stdout, _Tee) else ""
 
 
-def parse_tables(text: str) -> tuple[list[dict], list[str]]:
-    """The markdown tables in ``text`` ({"title", "columns", "rows"}; the title is the markdown heading printed
-    last before the table, "" if none) and the other non-empty lines (headings excluded), in order."""
-    def cells(line: str) -> list[str]:
-        return [c.strip() for c in line.strip().strip("|").split("|")]
-
-    lines, tables, notes, title, i = text.splitlines(), [], [], "", 0
-    while i < len(lines):
-        line = lines[i].strip()
-        if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].strip().startswith("|---"):
-            table = {"title": title, "columns": cells(line), "rows": []}
-            i += 2
-            while i < len(lines) and lines[i].strip().startswith("|"):
-                table["rows"].append(cells(lines[i]))
-                i += 1
-            tables.append(table)
-            continue
-        if line.startswith("#"):
-            title = line.lstrip("#").strip()
-        elif line:
-            notes.append(line)
-        i += 1
-    return tables, notes
-
-
 def git_state() -> tuple[str | None, bool | None]:
     """The checkout's commit and whether tracked files differ from it (None, None outside a git checkout)."""
     def git(*argv: str) -> str:
@@ -166,15 +142,13 @@ def write_results(name: str, args: argparse.Namespace, protocol: str | None = No
 
 def render(record: dict) -> str:
     """A results record as markdown: command, date, commit, protocol, then each table under its title."""
-    state = "unknown" if record["commit"] is None else record["commit"][:12] + (" (uncommitted changes)"
-                                                                                 if record["dirty"] else "")
+    state = course.commit_text(record["commit"], record["dirty"])
     out = [f"# {record['benchmark']}", "", f"Command: `{record['command']}`", "",
            f"Measured {record['date']} at commit {state}.", "", f"Protocol: {record['protocol']}", ""]
     for table in record["tables"]:
         if table["title"]:
             out += [f"## {table['title']}", ""]
-        out += ["| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"])]
-        out += ["| " + " | ".join(row) + " |" for row in table["rows"]] + [""]
+        out += [*course.markdown_table(table), ""]
     if record["notes"]:
         out += ["## Other output", "", "```", *record["notes"], "```", ""]
     return "\n".join(out)

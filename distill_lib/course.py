@@ -10,14 +10,19 @@ A notebook opens with::
     setup.finish()                                                       # last cell: the measured time
 
 Quick mode (``DISTILL_QUICK=1``, what ``make lab`` and the tests use) runs on scikit-learn's small ``digits`` set with
-seconds-sized budgets; full mode runs on a real data set with the budgets the notebook states.
+seconds-sized budgets; full mode runs on a real data set with the budgets the notebook states. A notebook that asks a
+question ends with the measured answer, apart from its quick-mode illustration::
+
+    course.measured("ablation").show()   # results/ablation.json if a benchmark run wrote it, else docs/results.md
 
 torch and matplotlib are imported inside the functions that need them, so that ``python distill_lib/course.py``
 (the Makefile's data-folder lookup) runs with a bare Python.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -160,6 +165,165 @@ def show_grid(images, rows: int, cols: int, row_labels=(), title: str | None = N
     if title:
         fig.suptitle(title)
     return fig
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The measured answers. Each benchmark writes results/<benchmark>.json (benchmarks/common.py: write_results); the
+# measurements made before the benchmarks wrote these files are the sections of docs/results.md, each naming its
+# benchmark script, command, budget, date and commit. The tables of both are markdown, parsed here.
+
+RESULTS_DOC = Path("docs") / "results.md"
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:/\d{2})?")  # 2026-11-29, or 2026-11-29/30 for two days
+COMMIT = re.compile(r"`([0-9a-f]{7,40})`")
+
+
+def parse_tables(text: str) -> tuple[list[dict], list[str]]:
+    """The markdown tables in ``text`` ({"title", "columns", "rows"}; the title is the markdown heading printed
+    last before the table, "" if none) and the other non-empty lines (headings excluded), in order."""
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    lines, tables, notes, title, i = text.splitlines(), [], [], "", 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].strip().startswith("|---"):
+            table = {"title": title, "columns": cells(line), "rows": []}
+            i += 2
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                table["rows"].append(cells(lines[i]))
+                i += 1
+            tables.append(table)
+            continue
+        if line.startswith("#"):
+            title = line.lstrip("#").strip()
+        elif line:
+            notes.append(line)
+        i += 1
+    return tables, notes
+
+
+def markdown_table(table: dict) -> list[str]:
+    """A table ({"columns", "rows"}) as markdown lines: header, separator, one line per row."""
+    return ["| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"]),
+            *("| " + " | ".join(row) + " |" for row in table["rows"])]
+
+
+def commit_text(commit: str | None, dirty: bool | None) -> str:
+    """A results file's commit in words: its first 12 digits, flagged when the checkout had uncommitted changes."""
+    return "unknown" if commit is None else commit[:12] + (" (uncommitted changes)" if dirty else "")
+
+
+@dataclass
+class Measured:
+    """A benchmark's measured answer: its tables, and where, how and when they were measured. ``command``, ``budget``
+    and ``provenance`` are markdown as written at the source (commands in backticks; the budget with its own label,
+    "Budget: ...", when it has one); ``dates`` and ``commits`` are the ones the source names."""
+    benchmark: str
+    source: str  # the file (and section) the answer was read from
+    command: str
+    budget: str
+    provenance: str  # when and at which commit, in one sentence
+    dates: list[str]
+    commits: list[str]
+    tables: list[dict]
+
+    def markdown(self) -> str:
+        """The answer as markdown: what and from where, command, budget, provenance, then the tables (each title
+        once, where it changes)."""
+        out = [f"**Measured answer of `benchmarks/{self.benchmark}.py`** (not quick mode), read from {self.source}.",
+               "", f"- Command: {self.command}", f"- {labelled(self.budget, 'Budget', 'Protocol')}",
+               f"- {self.provenance}", ""]
+        title = ""
+        for table in self.tables:
+            if table["title"] and table["title"] != title:
+                out += [f"*{table['title']}*", ""]
+            title = table["title"]
+            out += [*markdown_table(table), ""]
+        return "\n".join(out)
+
+    def show(self) -> None:
+        """Display the answer: rendered markdown in a notebook (IPython), the same markdown as plain text elsewhere."""
+        text = self.markdown()
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            get_ipython = None
+        if get_ipython is not None and get_ipython() is not None:
+            display({"text/markdown": text, "text/plain": text}, raw=True)  # a console shows the plain text
+        else:
+            print(text)
+
+
+def measured(benchmark: str, section: str | None = None, repo: Path | None = None) -> Measured:
+    """The measured answer of benchmarks/<benchmark>.py: results/<benchmark>.json when a run wrote it, else the
+    section of docs/results.md that names the script in its first line (or, with ``section``, the section with that
+    heading). ``repo``: the repository root (default: find_repo())."""
+    repo = repo or find_repo()
+    path = repo / "results" / f"{benchmark}.json"
+    if path.exists():
+        return measured_from_json(benchmark, path)
+    return measured_from_doc(benchmark, repo / RESULTS_DOC, section)
+
+
+def measured_from_json(benchmark: str, path: Path) -> Measured:
+    """A results file as benchmarks/common.py writes it: tables, protocol, command, date, commit."""
+    record = json.loads(path.read_text(encoding="utf-8"))
+    commit = commit_text(record["commit"], record["dirty"])
+    return Measured(benchmark, f"`results/{path.name}`", f"`{record['command']}`",
+                    record["protocol"], f"Measured {record['date']} at commit `{commit}`.",
+                    [record["date"]], [record["commit"]] if record["commit"] else [], record["tables"])
+
+
+def doc_sections(text: str) -> dict[str, str]:
+    """The level-2 sections of a markdown document: heading -> body (its level-3 subsections included)."""
+    sections, heading = {}, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:].strip()
+            sections[heading] = []
+        elif heading is not None:
+            sections[heading].append(line)
+    return {heading: "\n".join(lines) for heading, lines in sections.items()}
+
+
+def measured_from_doc(benchmark: str, path: Path, section: str | None = None) -> Measured:
+    """A section of docs/results.md: its first paragraph names the script, then when and at which commit; its
+    "Command(s):" paragraph, its "Budget:" (or "Protocol") paragraph, and its tables (titled by their level-3
+    heading; those before the first one untitled, the section's heading being the source's)."""
+    script = f"`benchmarks/{benchmark}.py`"
+    sections = doc_sections(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if section is None:
+        found = [h for h, body in sections.items() if body.strip().startswith(script)]
+    else:
+        found = [h for h in sections if h.lower() == section.strip().lower()]
+    if not found:
+        wanted = f"no section headed {section!r}" if section else f"no section that starts with {script}"
+        raise LookupError(f"no measured answer for {benchmark!r}: no results/{benchmark}.json, and {path} has "
+                          f"{wanted} (sections: {', '.join(sections) or 'none'})")
+    heading = found[0]
+    body = sections[heading]
+    paragraphs = [" ".join(part.split()) for part in re.split(r"\n\s*\n", body) if part.strip()]
+    first = strip_label(paragraphs[0], script + ".")
+    command = next((p for p in paragraphs if p.startswith(("Command:", "Commands:"))), None)
+    budget = next((p for p in paragraphs if p.startswith(("Budget", "Protocol"))), None)
+    if command is None or budget is None:
+        raise ValueError(f"{path}, section {heading!r}: no 'Command:' or no 'Budget:' paragraph")
+    return Measured(benchmark, f"`{RESULTS_DOC.as_posix()}`, section \"{heading}\"",
+                    strip_label(command, "Commands:", "Command:"), budget, first, DATE.findall(first),
+                    COMMIT.findall(first), parse_tables(body)[0])
+
+
+def labelled(text: str, label: str, *also: str) -> str:
+    """``text`` as it is when it starts with ``label`` or one of ``also``, else "<label>: <text>"."""
+    return text if text.startswith((label, *also)) else f"{label}: {text}"
+
+
+def strip_label(text: str, *labels: str) -> str:
+    """``text`` without the first of ``labels`` it starts with (and the spaces after it)."""
+    text = text.strip()
+    label = next((label for label in labels if text.startswith(label)), "")
+    return text[len(label):].strip()
 
 
 if __name__ == "__main__":
