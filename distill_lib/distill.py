@@ -10,7 +10,6 @@ torchrun (each rank matches and updates only ``Distiller.classes``; see distill_
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import sys
@@ -320,18 +319,33 @@ class Distiller:
         return torch.cat([features(part) for part in x.split(chunk)])
 
     def step(self) -> dict:
-        """One optimisation step on the synthetic pixels; returns and records its history entry."""
+        """One optimisation step on the synthetic pixels; returns and records its history entry.
+
+        A loss term or pixel gradient that is NaN or infinite raises :class:`NonFiniteStep` *before* the update, with
+        the run's state (pixels, momentum, IDM's queue) left as it was: the last finite state, ready to checkpoint.
+        """
         start = time.perf_counter()
+        queue_before = None
         if self.queue is not None:
+            if self.iteration % self.queue.spec.push_interval == 0:
+                queue_before = self.queue.state_dict()  # references, not copies: undoes the push if the step fails
             self.queue.start_iteration(self.iteration)  # IDM: push a new net when due
         terms = self.loss_terms(self.iteration)
         total = losses.combine(terms, self.config.loss_weights())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        # Each process holds a partial sum over its classes; the history keeps the sums over all classes. The last
+        # value counts processes whose pixel gradient is not finite, so every process stops at the same step.
+        values = distributed.all_reduce_sum([total.item()] + [value.item() for value in terms.values()]
+                                            + [float(not bool(torch.isfinite(self.images.grad).all()))], self.device)
+        record = {"iteration": self.iteration, "loss": values[0], **dict(zip(terms, values[1:-1]))}
+        problem = next((f"loss term {k!r} is {record[k]}" for k in (*terms, "loss") if not math.isfinite(record[k])),
+                       "the gradient of the synthetic pixels is not finite" if values[-1] else None)
+        if problem:
+            if queue_before is not None:
+                self.queue.load_state_dict(queue_before)
+            raise NonFiniteStep(f"iteration {self.iteration}: {problem}")
         self.optimizer.step()
-        # Each process holds a partial sum over its classes; the history keeps the sums over all classes.
-        values = distributed.all_reduce_sum([total.item()] + [value.item() for value in terms.values()], self.device)
-        record = {"iteration": self.iteration, "loss": values[0], **dict(zip(terms, values[1:]))}
         if self.queue is not None:
             record["net_accuracy"] = self.queue.sample(self.iteration).accuracy  # the CE weight used
             self.queue.train(self.iteration)  # IDM: the chosen nets learn a few steps on real data
@@ -407,8 +421,10 @@ def _net_kwargs(config: DistillConfig) -> dict:
 
 
 CHECKPOINT_KEYS = ("config", "iteration", "images", "optimizer", "history")
-# History entries that are not loss terms (and so are not checked for finiteness).
-NOT_LOSS_TERMS = ("iteration", "seconds", "net_accuracy")
+
+
+class NonFiniteStep(ArithmeticError):
+    """A step whose loss or pixel gradient is NaN or infinite; raised before the update, the state unchanged."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -426,16 +442,6 @@ def read_checkpoint(path: Path) -> dict:
     return state
 
 
-def _nonfinite(run: Distiller, record: dict) -> str | None:
-    """Which part of the last step went non-finite (a loss term by name, else the pixels), or None (on every rank)."""
-    terms = [k for k in record if k not in NOT_LOSS_TERMS and k != "loss"] + ["loss"]
-    what = next((f"loss term {k!r} is {record[k]}" for k in terms if not math.isfinite(record[k])), None)
-    pixels_bad = distributed.all_reduce_sum([float(not bool(torch.isfinite(run.images).all()))], run.device)[0]
-    if what is None and pixels_bad:
-        what = "the synthetic pixels overflowed to NaN or infinity in the update"
-    return what
-
-
 def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None = None, resume: bool = False,
             progress: bool = True) -> SyntheticSet:
     """Run (or continue) a distillation and return the synthetic set.
@@ -444,7 +450,7 @@ def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None
     run is interrupted (Ctrl-C, which raises :class:`Interrupted`). ``resume=True`` continues from it when it exists,
     to exactly the result an uninterrupted run would give. A loss term or pixel that turns NaN or infinite stops the
     run with a ``ValueError`` naming the iteration and the term; with a checkpoint path, the state before that step
-    (the last finite one) is written there first.
+    (the last finite one; see :meth:`Distiller.step`) is written there first.
 
     Under torchrun every process calls this with the same arguments: each holds its share of the classes, rank 0
     reads and writes the checkpoint and shows progress, and all return the whole set. A checkpoint resumes at any
@@ -472,17 +478,16 @@ def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None
         run.queue.on_step = bar.set_postfix_str
     try:
         while run.iteration < config.iterations:
-            last_finite = copy.deepcopy(run.state_dict()) if checkpoint is not None else None
-            record = run.step()
-            problem = _nonfinite(run, record)
-            if problem:
-                if last_finite is not None and distributed.is_main():
-                    atomic_save(last_finite, checkpoint)
-                kept = (f"the last finite state (iteration {last_finite['iteration']}) is saved in {checkpoint}"
-                        if last_finite is not None else "no checkpoint was kept (a checkpoint path, --checkpoint, "
-                                                        "keeps the last finite state)")
-                raise ValueError(f"iteration {record['iteration']}: {problem}; stopped ({kept}). A smaller lr_img "
-                                 f"(--lr-img) or smaller loss weights usually keep the run finite")
+            try:
+                record = run.step()
+            except NonFiniteStep as err:
+                if checkpoint is not None:
+                    run.save_checkpoint(checkpoint)  # the step left the state as it was: the last finite one
+                kept = (f"the last finite state (iteration {run.iteration}) is saved in {checkpoint}"
+                        if checkpoint is not None else "no checkpoint was kept (a checkpoint path, --checkpoint, "
+                                                       "keeps the last finite state)")
+                raise ValueError(f"{err}; stopped ({kept}). A smaller lr_img (--lr-img) or smaller loss weights "
+                                 f"usually keep the run finite") from None
             bar.update(1)
             if run.iteration % 10 == 0 or run.iteration == config.iterations:
                 bar.set_postfix(loss=f"{record['loss']:.4g}")

@@ -284,6 +284,29 @@ def test_resume_with_the_queue_equals_uninterrupted(digits, tmp_path):
     assert reloaded.queue.born == full.queue.born == 7
 
 
+def test_a_step_gone_nan_at_a_push_leaves_the_queue_as_before_and_resumes_to_the_uninterrupted_result(
+        digits, tmp_path, monkeypatch):
+    """The non-finite stop checkpoints the state before the failing step, IDM's push of that iteration undone."""
+    cfg = tiny(iterations=5)
+    full = distill(cfg, digits, progress=False)
+    real = Distiller.loss_terms
+
+    def nan_at_push(self, iteration):  # iteration 2 pushes a net (push interval 2)
+        terms = real(self, iteration)
+        return {**terms, "dm": terms["dm"] * float("nan")} if iteration == 2 else terms
+
+    monkeypatch.setattr(Distiller, "loss_terms", nan_at_push)
+    ckpt = tmp_path / "ck.pt"
+    with pytest.raises(ValueError, match="iteration 2: loss term 'dm' is nan"):
+        distill(cfg, digits, checkpoint=ckpt, progress=False)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["iteration"] == 2 and len(state["queue"]["members"]) == INITIAL_NETS + 1  # pushes at 0 only
+    monkeypatch.undo()
+    resumed = distill(cfg, digits, checkpoint=ckpt, resume=True, progress=False)
+    assert torch.equal(resumed.images, full.images)
+    assert losses_of(resumed.history) == losses_of(full.history)
+
+
 def test_resume_from_other_queue_settings_names_the_field(digits, tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     distill(tiny(iterations=2), digits, checkpoint=ckpt, progress=False)
