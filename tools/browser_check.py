@@ -169,7 +169,8 @@ def prepare_root(tmp: Path, notebooks: list[Path]) -> Path:
 
 def start_lab(root: Path, tmp: Path, port: int, token: str) -> subprocess.Popen:
     env = {**os.environ, "DISTILL_QUICK": "1", "PYTHONPATH": str(REPO), "DISTILL_CACHE": str(tmp / "cache"),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "JUPYTERLAB_SETTINGS_DIR": str(tmp / "lab-settings"),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp / "lab-settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"), "JUPYTER_RUNTIME_DIR": str(tmp / "runtime")}
     command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0"]
@@ -309,12 +310,19 @@ def save_and_read(lab: Lab, page, name: str, timeout_s: float = 60) -> dict:
     path = lab.root / "notebooks" / name
     before = path.stat().st_mtime_ns
     menu(page, "File", "Save Notebook")
-    wait_for(page, lambda: path.stat().st_mtime_ns != before
-             and page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-mod-dirty").count() == 0
-             or dialog_text(page), timeout_s, "the notebook to be saved")
-    if dialog_text(page):
-        raise CheckFailed(f"saving opened a dialog: {dialog_text(page)}")
-    return json.loads(path.read_text())
+
+    def saved() -> dict | None:  # the server writes in place: a new mtime and JSON that parses mean the whole copy
+        if path.stat().st_mtime_ns == before:
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
+
+    notebook = wait_for(page, lambda: saved() or dialog_text(page), timeout_s, "the notebook to be saved")
+    if isinstance(notebook, str):
+        raise CheckFailed(f"saving opened a dialog: {notebook}")
+    return notebook
 
 
 def run_all(lab: Lab, name: str, timeout_s: float) -> NotebookRun:
@@ -357,7 +365,8 @@ def summary_table(results: list[NotebookRun]) -> str:
     width = max([len("notebook")] + [len(r.name) for r in results])
     lines = [f"{'notebook':<{width}}  {'Run All':>9}  {'code cells':>10}  {'errors':>6}  {'stderr notes':>12}"]
     for r in results:
-        lines.append(f"{r.name:<{width}}  {r.seconds:>8.1f}s  {r.code_cells:>10}  {len(r.errors):>6}  {len(r.notes):>12}")
+        lines.append(f"{r.name:<{width}}  {r.seconds:>8.1f}s  {r.code_cells:>10}  {len(r.errors):>6}"
+                     f"  {len(r.notes):>12}")
     lines.append(f"{'total':<{width}}  {sum(r.seconds for r in results):>8.1f}s")
     return "\n".join(lines)
 
@@ -387,7 +396,8 @@ def run_cell(page, cell, timeout_s: float) -> None:
 
 
 def check_panel(lab: Lab, timeout_s: float) -> None:
-    """Runs the panel's cells, moves the beta slider, clicks Run: a fresh computation and a new picture, or CheckFailed."""
+    """Runs the panel's cells, moves the beta slider, clicks Run: a fresh computation and a new picture, or else
+    CheckFailed."""
     cells = panel_cells(PANEL_NOTEBOOK)
     shutil.copy(PANEL_NOTEBOOK, lab.root / "notebooks" / PANEL_NOTEBOOK.name)  # fresh, even after its Run All
     page, notebook = lab.open(PANEL_NOTEBOOK.name)
