@@ -1,5 +1,5 @@
-"""tools/browser_check.py: what counts as an error in a saved notebook, and Run All in a real browser catching both
-kinds (a raised exception and a traceback printed to stderr) while letting warnings through."""
+"""tools/browser_check.py: what counts as an error in a saved notebook, and Run All in a real browser catching every
+kind (a raised exception, a traceback printed to stderr, one shown in a widget) while letting warnings through."""
 import importlib.util
 import json
 import subprocess
@@ -21,6 +21,12 @@ except ZeroDivisionError:
     traceback.print_exc()
 print("carried on")"""
 WARNING = 'import warnings\nwarnings.warn("only a warning")'
+# An exception caught by a widget's Output (as in a failing button callback): shown in the widget, not in the cell.
+IN_A_WIDGET = """import ipywidgets
+output = ipywidgets.Output()
+display(output)
+with output:
+    raise KeyError("inside a widget")"""
 
 
 def code(source, outputs=(), count=1):
@@ -61,7 +67,7 @@ def write_notebook(path, sources):
 
 @pytest.mark.skipif(browser_check.missing_prerequisite() is not None, reason="needs chromium and playwright")
 def test_run_all_in_the_browser_catches_raised_and_printed_errors(tmp_path):
-    write_notebook(tmp_path / "broken.ipynb", ['print("start")', PRINTED_TRACEBACK, WARNING,
+    write_notebook(tmp_path / "broken.ipynb", ['print("start")', PRINTED_TRACEBACK, WARNING, IN_A_WIDGET,
                                                'raise ValueError("on purpose")', 'print("never reached")'])
     write_notebook(tmp_path / "clean.ipynb", ['import os\nassert os.environ["DISTILL_QUICK"] == "1"', WARNING])
     summary = tmp_path / "summary.json"
@@ -71,14 +77,15 @@ def test_run_all_in_the_browser_catches_raised_and_printed_errors(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     broken, clean = json.loads(summary.read_text())
     assert (broken["name"], broken["code_cells"], clean["name"], clean["code_cells"]) == \
-        ("broken.ipynb", 5, "clean.ipynb", 2)
+        ("broken.ipynb", 6, "clean.ipynb", 2)
     assert [(e["cell"], e["kind"], e["first_line"]) for e in broken["errors"]] == [
         (1, "stderr traceback", "ZeroDivisionError: division by zero"),
-        (3, "error", "ValueError: on purpose"),
-        (4, "not run", 'print("never reached")'),
+        (4, "error", "ValueError: on purpose"),
+        (5, "not run", 'print("never reached")'),
+        (3, "widget traceback", "KeyError: 'inside a widget'"),
     ]
     assert clean["errors"] == []
-    for result in (broken, clean):
-        assert [(n["cell"], "UserWarning: only a warning" in n["first_line"]) for n in result["notes"]] == [(2, True)] \
-            if result is broken else [(1, True)]
+    warned = [[(n["cell"], "UserWarning: only a warning" in n["first_line"]) for n in result["notes"]]
+              for result in (broken, clean)]
+    assert warned == [[(2, True)], [(1, True)]]
     assert "broken.ipynb" in done.stdout and "FAIL: broken.ipynb" in done.stdout

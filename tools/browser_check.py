@@ -86,7 +86,7 @@ def exception_summary(text: str) -> str:
     """The line naming the exception in printed text (the last one, as Python prints it), else its first line."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     named = [line for line in lines if EXCEPTION_LINE.match(line)]
-    return (named or lines or [""])[-1 if named else 0][:200]
+    return named[-1][:200] if named else (lines or [""])[0][:200]
 
 
 def scan_notebook(notebook: dict) -> tuple[list[Finding], list[Finding], int]:
