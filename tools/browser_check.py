@@ -218,9 +218,11 @@ class Lab:
             if session.get("path") == f"notebooks/{name}":
                 self.api(f"sessions/{session['id']}", method="DELETE")
 
-    def open(self, name: str, timeout_s: float = 120):
-        """A new page showing notebooks/<name> with an idle kernel; returns (page, locator of the notebook)."""
-        page = self.browser.new_page(viewport={"width": 1400, "height": 1100})
+    def new_page(self):
+        return self.browser.new_page(viewport={"width": 1400, "height": 1100})
+
+    def show(self, page, name: str, timeout_s: float = 120):
+        """Opens notebooks/<name> in the page and waits for its cells and an idle kernel; returns the notebook."""
         page.goto(f"http://127.0.0.1:{self.port}/lab/tree/notebooks/{name}?token={self.token}")
         notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").first
         notebook.wait_for(timeout=timeout_s * 1000)
@@ -228,7 +230,7 @@ class Lab:
         expected = len(json.loads((self.root / "notebooks" / name).read_text())["cells"])
         wait_for(page, lambda: cells.count() >= expected, 60, "the notebook's cells")
         wait_for(page, lambda: kernel_idle(page), timeout_s, "an idle kernel")
-        return page, notebook
+        return notebook
 
 
 def kernel_idle(page) -> bool:
@@ -327,11 +329,13 @@ def save_and_read(lab: Lab, page, name: str, timeout_s: float = 60) -> dict:
 
 def run_all(lab: Lab, name: str, timeout_s: float) -> NotebookRun:
     """Run All of notebooks/<name> in the browser, then its errors from the saved copy and the widgets' outputs."""
-    result = NotebookRun(name)
-    page, notebook = lab.open(name)
-    log(f"{name}: open, {len(prompts(notebook))} code cells; Run > Run All Cells")
-    start = time.time()
+    from playwright.sync_api import Error as BrowserError  # a click or a wait of Playwright's that timed out
+
+    result, page, start = NotebookRun(name), lab.new_page(), time.time()
     try:
+        notebook = lab.show(page, name)
+        log(f"{name}: open, {len(prompts(notebook))} code cells; Run > Run All Cells")
+        start = time.time()
         press_run_all(page, notebook)
         deadline = start + timeout_s
         while not finished(page, notebook):
@@ -343,9 +347,9 @@ def run_all(lab: Lab, name: str, timeout_s: float) -> NotebookRun:
         result.seconds = time.time() - start
         result.errors, result.notes, result.code_cells = scan_notebook(save_and_read(lab, page, name))
         result.errors += widget_tracebacks(notebook)
-    except CheckFailed as failure:
+    except (CheckFailed, BrowserError) as failure:
         result.seconds = time.time() - start
-        result.errors.append(Finding(-1, "check", str(failure)))
+        result.errors.append(Finding(-1, "check", str(failure).strip().split("\n")[0]))
     finally:
         page.close()
         lab.shut_down_kernel(name)
@@ -400,9 +404,9 @@ def check_panel(lab: Lab, timeout_s: float) -> None:
     CheckFailed."""
     cells = panel_cells(PANEL_NOTEBOOK)
     shutil.copy(PANEL_NOTEBOOK, lab.root / "notebooks" / PANEL_NOTEBOOK.name)  # fresh, even after its Run All
-    page, notebook = lab.open(PANEL_NOTEBOOK.name)
-    all_cells = notebook.locator(".jp-Cell")
+    page = lab.new_page()
     try:
+        all_cells = lab.show(page, PANEL_NOTEBOOK.name).locator(".jp-Cell")
         log(f"panel: notebook open, kernel idle; running cells {cells}")
         for i in cells:
             start = time.time()
@@ -481,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     if len({n.name for n in notebooks}) != len(notebooks):
         raise SystemExit("two notebooks with the same file name: their throw-away copies would collide")
 
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import Error as BrowserError, sync_playwright
 
     start, results, panel_failure = time.time(), [], None
     with tempfile.TemporaryDirectory(prefix="browser_check_") as tmp_name, sync_playwright() as playwright:
@@ -500,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     check_panel(lab, args.timeout)
                     log("panel: PASS")
-                except CheckFailed as failure:
+                except (CheckFailed, BrowserError) as failure:
                     panel_failure = str(failure)
                     log(f"panel: FAIL: {failure}")
         finally:
