@@ -284,13 +284,16 @@ def finished(page, notebook) -> bool:
 
 
 def press_run_all(page, notebook, tries: int = 3) -> None:
-    """Run > Run All Cells, until a cell is queued or numbered (a click right after the page loaded can go unheard)."""
+    """Run > Run All Cells, until the kernel is busy or a cell queued or numbered (a click right after the page
+    loaded can go unheard; pressing again once it has started would run the notebook twice)."""
+    def started() -> bool:
+        return not kernel_idle(page) or any(re.search(r"\[(\*|\d+)\]", p) for p in prompts(notebook))
+
     for _ in range(tries):
         notebook.locator(".jp-InputPrompt").first.click()  # the notebook is the current widget, in command mode
         menu(page, "Run", "Run All Cells")
         try:
-            wait_for(page, lambda: any(re.search(r"\[(\*|\d+)\]", p) for p in prompts(notebook)), 10,
-                     "Run All to start")
+            wait_for(page, started, 10, "Run All to start")
             return
         except CheckFailed:
             log("Run All did not start; pressing it again")
