@@ -55,9 +55,8 @@ class EvalProtocol:
     def use_compile(self, device: torch.device, num_images: int) -> bool:
         """"auto": compile on CPU when the training work (epochs x images x models) is at least COMPILE_MIN_WORK.
 
-        Measured on this project's CPU (ConvNet, one thread): compiled training steps 1.7-2x faster, the compiled
-        channels_last test pass 1.3x faster, for a one-off cold compile of ~15 s per graph, so tiny runs (tests,
-        quick notebooks) stay eager. On CUDA "auto" stays eager: not measured there yet.
+        Compiled training steps are faster on a CPU but each graph costs a one-off cold compile, so tiny runs (tests,
+        quick notebooks) stay eager (measurements: docs/speed.md). On CUDA "auto" stays eager.
         """
         return use_compile(self.compile, device, self.epochs * num_images * self.num_models >= COMPILE_MIN_WORK)
 
@@ -83,6 +82,9 @@ class EvalResult:
         return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
 
     def __str__(self) -> str:
+        """'81.20 ± 0.35 %' over several networks; one network has no spread to show: '81.20 %'."""
+        if len(self.accuracies) == 1:
+            return f"{100 * self.mean:.2f} %"
         return f"{100 * self.mean:.2f} ± {100 * self.std:.2f} %"
 
 

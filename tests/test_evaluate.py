@@ -59,6 +59,7 @@ def test_eval_result_statistics():
     assert r.mean == pytest.approx(0.6) and r.std == pytest.approx(0.1)
     assert str(r) == "60.00 ± 10.00 %"
     assert EvalResult((0.25,)).std == 0.0
+    assert str(EvalResult((0.25,))) == "25.00 %"  # one network has no spread: no "± 0.00"
 
 
 # ------------------------------------------------------------------------------------------------ random subset
