@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from distill_lib import course, distributed  # noqa: E402  (imported from this checkout, found through the line above)
-from distill_lib.course import parse_tables  # noqa: E402  (one parser: the course reads the tables back with it)
+from distill_lib.course import git_state, parse_tables  # noqa: E402  (shared with the course, which reads results back)
 
 
 def parser(doc: str, datasets: list[str], ipcs: list[int], seeds: int) -> argparse.ArgumentParser:
@@ -91,16 +90,6 @@ def record_output() -> None:
 def printed() -> str:
     """What was printed since record_output()."""
     return sys.stdout.kept.getvalue() if isinstance(sys.stdout, _Tee) else ""
-
-
-def git_state() -> tuple[str | None, bool | None]:
-    """The checkout's commit and whether tracked files differ from it (None, None outside a git checkout)."""
-    def git(*argv: str) -> str:
-        return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.CalledProcessError):
-        return None, None
 
 
 def command(name: str, argv: list[str]) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -206,6 +207,18 @@ def markdown_table(table: dict) -> list[str]:
     """A table ({"columns", "rows"}) as markdown lines: header, separator, one line per row."""
     return ["| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"]),
             *("| " + " | ".join(row) + " |" for row in table["rows"])]
+
+
+def git_state(repo: Path | None = None) -> tuple[str | None, bool | None]:
+    """The checkout's commit and whether tracked files differ from it (None, None outside a git checkout)."""
+    repo = repo or Path(__file__).resolve().parents[1]
+
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
 
 
 def commit_text(commit: str | None, dirty: bool | None) -> str:

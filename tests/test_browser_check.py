@@ -75,7 +75,9 @@ def test_run_all_in_the_browser_catches_raised_and_printed_errors(tmp_path):
                            "--notebooks", str(tmp_path / "broken.ipynb"), str(tmp_path / "clean.ipynb")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
-    broken, clean = json.loads(summary.read_text())
+    record = json.loads(summary.read_text())
+    assert record["command"].startswith("python tools/browser_check.py") and record["date"] and record["cpus"]
+    broken, clean = record["notebooks"]
     assert (broken["name"], broken["code_cells"], clean["name"], clean["code_cells"]) == \
         ("broken.ipynb", 6, "clean.ipynb", 2)
     assert [(e["cell"], e["kind"], e["first_line"]) for e in broken["errors"]] == [

@@ -32,6 +32,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -471,6 +473,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def run_record(results: list, argv: list[str] | None, load_before: tuple[float, ...]) -> dict:
+    """What --json writes: each notebook's Run All, with the command, date, commit and machine load it ran under."""
+    from distill_lib.course import git_state
+
+    commit, dirty = git_state(REPO)
+    args = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python tools/browser_check.py", *(shlex.quote(a) for a in args)])
+    return {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "commit": commit, "dirty": dirty, "cpus": os.cpu_count(),
+            "load_average_before": load_before, "load_average_after": os.getloadavg(),
+            "notebooks": [dataclasses.asdict(r) for r in results]}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     why = missing_prerequisite()
@@ -490,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from playwright.sync_api import Error as BrowserError, sync_playwright
 
-    start, results, panel_failure = time.time(), [], None
+    start, results, panel_failure, load_before = time.time(), [], None, os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="browser_check_") as tmp_name, sync_playwright() as playwright:
         tmp = Path(tmp_name)
         root = prepare_root(tmp, notebooks)
@@ -517,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     if results:
         print(summary_table(results), flush=True)
     if args.json:
-        args.json.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=1))
+        args.json.write_text(json.dumps(run_record(results, argv, load_before), indent=1))
     failed = [r.name for r in results if r.errors] + (["the panel"] if panel_failure else [])
     log(f"{'FAIL: ' + ', '.join(failed) if failed else 'PASS'} in {time.time() - start:.0f} s")
     return 1 if failed else 0
