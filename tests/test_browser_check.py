@@ -78,6 +78,7 @@ def test_run_all_in_the_browser_catches_raised_and_printed_errors(tmp_path):
     record = json.loads(summary.read_text())
     assert record["command"].startswith("python tools/browser_check.py") and record["date"] and record["cpus"]
     broken, clean = record["notebooks"]
+    assert "| notebook | Run All (s)" in summary.with_suffix(".md").read_text()
     assert (broken["name"], broken["code_cells"], clean["name"], clean["code_cells"]) == \
         ("broken.ipynb", 6, "clean.ipynb", 2)
     assert [(e["cell"], e["kind"], e["first_line"]) for e in broken["errors"]] == [

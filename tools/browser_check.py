@@ -486,6 +486,19 @@ def run_record(results: list, argv: list[str] | None, load_before: tuple[float, 
             "notebooks": [dataclasses.asdict(r) for r in results]}
 
 
+def record_markdown(record: dict) -> str:
+    """The --json record as a page: each notebook's Run All time and errors, then how it was measured."""
+    lines = ["# Run All of the notebooks in quick mode, in JupyterLab in headless Chromium", "",
+             "| notebook | Run All (s) | code cells | errors |", "|---|---|---|---|"]
+    lines += [f"| {n['name']} | {n['seconds']:.1f} | {n['code_cells']} | {len(n['errors'])} |"
+              for n in record["notebooks"]]
+    load = ", ".join(f"{x:.1f}" for x in record["load_average_before"])
+    lines += ["", f"Command: `{record['command']}`. Date: {record['date']}. Commit: `{record['commit']}`"
+              f"{' (with uncommitted changes)' if record['dirty'] else ''}. Machine: {record['cpus']} CPUs, load average "
+              f"before the run {load} (1, 5, 15 min): times on a busy machine are longer than on an idle one.", ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     why = missing_prerequisite()
@@ -532,7 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     if results:
         print(summary_table(results), flush=True)
     if args.json:
-        args.json.write_text(json.dumps(run_record(results, argv, load_before), indent=1))
+        record = run_record(results, argv, load_before)
+        args.json.write_text(json.dumps(record, indent=1))
+        args.json.with_suffix(".md").write_text(record_markdown(record))
     failed = [r.name for r in results if r.errors] + (["the panel"] if panel_failure else [])
     log(f"{'FAIL: ' + ', '.join(failed) if failed else 'PASS'} in {time.time() - start:.0f} s")
     return 1 if failed else 0
