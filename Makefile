@@ -4,10 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Pinned torch: on the project's offline machines these come from local files; elsewhere from PyPI.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-# The offline data folder beside the checkout, when there is one (benchmarks and full notebooks use it).
-export DISTILL_DATA ?= $(abspath $(wildcard ../shared/data))
+# The data folder, for commands that read $DISTILL_DATA: distill_lib/course.py decides (one rule for the whole project).
+export DISTILL_DATA ?= $(shell $(PYTHON) distill_lib/course.py data-root)
 
-.PHONY: setup run test unit notebooks clean-notebooks browser-check
+.PHONY: setup run test unit notebooks lab clean-notebooks browser-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ unit: setup
 
 notebooks: setup
 	DISTILL_QUICK=1 MPLBACKEND=Agg $(PY) -m pytest --nbval-lax -p no:cacheprovider notebooks
+
+# JupyterLab on the course in quick mode (digits, seconds-sized budgets); `make lab QUICK=0` for the full budgets.
+QUICK ?= 1
+lab: setup
+	DISTILL_QUICK=$(QUICK) $(PY) -m jupyter lab notebooks
 
 # One thread per process (the notebook kernels too): on 2 shared cores, two intra-op threads spin against any other job.
 test: setup

@@ -12,9 +12,10 @@ stage is one sweep, so under torchrun its cells (and first the feature nets they
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import replace
 
-from common import parser, say, setup, validation_flags
+from common import parser, say, setup, validation_flags, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.evaluate import EvalResult
 from distill_lib.sweep import sweep
@@ -32,7 +33,8 @@ def variants(base: DistillConfig, lambda_cc: float, lambda_cm: float) -> dict[st
             "+CC+CM": replace(base, cc=True, cm=True, lambda_cc=lambda_cc, lambda_cm=lambda_cm)}
 
 
-def candidates(base: DistillConfig, grids: dict[str, list[float]]) -> list[tuple[str | None, float | None, DistillConfig]]:
+def candidates(base: DistillConfig,
+               grids: dict[str, list[float]]) -> list[tuple[str | None, float | None, DistillConfig]]:
     """The selection cells of one (data set, IPC): DM, then each lambda's grid with only its term switched on."""
     return [(None, None, base)] + [(field, v, replace(base, **{TERMS[field]: True, field: v}))
                                    for field, values in grids.items() for v in values]
@@ -57,6 +59,15 @@ def select_lambdas(bases: list[DistillConfig], grids: dict[str, list[float]], va
     return chosen
 
 
+def budget_line(args: argparse.Namespace, protocol: EvalProtocol, chosen: str) -> str:
+    """The budget of this script's and beta_lambda.py's cells (they share them): distillation, CC feature net, where
+    ``chosen`` settings are chosen, evaluation, seeds."""
+    return (f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
+            f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per class; "
+            f"{chosen} chosen on {args.validation} validation images per class (seed 0, {args.val_models} "
+            f"evaluation net(s)); evaluation {protocol.describe()}; {args.seeds} distillation seeds")
+
+
 def main() -> None:
     p = parser(__doc__, datasets=["fashion_mnist", "cifar10"], ipcs=[10], seeds=2)
     p.add_argument("--featnet-arch", default="resnet18")
@@ -71,10 +82,8 @@ def main() -> None:
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
     distributed.setup(resolve_device(protocol.device))  # under torchrun: join now, so only rank 0 prints
     val_protocol = replace(protocol, num_models=args.val_models)
-    say(f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
-        f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per class, "
-        f"simplified CC; lambdas chosen on {args.validation} validation images per class ({args.val_models} "
-        f"evaluation net(s)); evaluation {protocol.describe()}; {args.seeds} distillation seeds.\n", flush=True)
+    budget = budget_line(args, protocol, "simplified CC; lambdas") + "."
+    say(budget + "\n", flush=True)
     grids = {"lambda_cc": args.lambda_cc, "lambda_cm": args.lambda_cm}
     bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
                            featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
@@ -97,6 +106,7 @@ def main() -> None:
         gain = 100 * (cols["+CC+CM"].mean - cols["DM"].mean)
         say(f"| {base.dataset} | {base.ipc} | {picks['lambda_cc']:g} | {picks['lambda_cm']:g} | " +
             " | ".join(str(r) for r in cols.values()) + f" | {gain:+.2f} |")
+    write_results("ablation", args, budget)
 
 
 def result(record: dict) -> EvalResult:

@@ -33,8 +33,8 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from ablation import LAMBDA_CC, LAMBDA_CM, candidates
-from common import REPO, parser, say, setup, validation_flags
+from ablation import LAMBDA_CC, LAMBDA_CM, budget_line, candidates
+from common import REPO, parser, say, setup, validation_flags, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.analysis import featnet_cc_alpha
 from distill_lib.sweep import Cell, cell_data, cell_metrics, pooled, pretrain_featnets, run_cells
@@ -148,12 +148,9 @@ def main() -> None:
     distributed.setup(resolve_device(protocol.device))  # under torchrun: join now, so only rank 0 prints
     val_protocol = replace(protocol, num_models=args.val_models)
     bench = Bench(protocol, val_protocol, args.validation, args.seeds, args.real_per_class)
-    say(f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
-        f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per class; "
-        f"choices on {args.validation} validation images per class (seed 0, {args.val_models} evaluation net(s)); "
-        f"evaluation {protocol.describe()}; {args.seeds} distillation seeds on test; metrics on "
-        f"{args.real_per_class} held-out images per class.\n",
-        flush=True)
+    budget = (budget_line(args, protocol, "lambda_CC scale, beta and the simplified lambdas") +
+              f" on test; metrics on {args.real_per_class} held-out images per class.")
+    say(budget + "\n", flush=True)
     val = args.validation
     bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
                            featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
@@ -231,6 +228,7 @@ def main() -> None:
               f"({lcc:g}, {lcm:g}) | {gain:+.2f} |")
     if args.figure:
         plot(beta_rows, Path(args.figure))
+    write_results("beta_lambda", args, budget)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,24 @@
-"""What every benchmark script shares: the budget flags, the thread count, where the data is, printing once."""
+"""What every benchmark script shares: the budget flags, the thread count, where the data is, printing once, and
+the results file each one writes (results/<benchmark>.json and .md) from the markdown tables it printed."""
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
+import platform
+import shlex
+import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
-from distill_lib import distributed  # noqa: E402  (imported from this checkout, found through the line above)
+from distill_lib import course, distributed  # noqa: E402  (imported from this checkout, found through the line above)
 
 
 def parser(doc: str, datasets: list[str], ipcs: list[int], seeds: int) -> argparse.ArgumentParser:
@@ -26,6 +32,8 @@ def parser(doc: str, datasets: list[str], ipcs: list[int], seeds: int) -> argpar
     p.add_argument("--models", type=int, default=3, help="evaluation networks per synthetic set")
     p.add_argument("--seeds", type=int, default=seeds, help="distillation / subset seeds")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--results-dir", type=Path, default=Path(os.environ.get("DISTILL_RESULTS", REPO / "results")),
+                   help="where results/<benchmark>.json and .md are written (default $DISTILL_RESULTS or results/)")
     return p
 
 
@@ -43,8 +51,130 @@ def say(*args, **kwargs) -> None:
 
 
 def setup(args: argparse.Namespace) -> None:
-    """Apply --threads and point DISTILL_DATA at ../shared/data when it is unset and that folder exists."""
+    """Start recording what is printed (for write_results), apply --threads and point $DISTILL_DATA, when unset, at
+    the data folder the course finds (course.data_root)."""
+    record_output()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if "DISTILL_DATA" not in os.environ and SHARED_DATA.exists():
-        os.environ["DISTILL_DATA"] = str(SHARED_DATA)
+    course.export_data_root(REPO)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Results files. A benchmark prints its tables as markdown; write_results turns exactly what was printed into
+# results/<benchmark>.json (the tables as data, the protocol, the command, date, commit) and a rendered .md, so the
+# file and the screen cannot differ.
+
+class _Tee:
+    """sys.stdout that also keeps what was written."""
+
+    def __init__(self, stream):
+        self.stream, self.kept = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.kept.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):  # fileno, isatty, encoding, ...: the real stream's
+        return getattr(self.stream, name)
+
+
+def record_output() -> None:
+    """Keep a copy of everything printed from now on (idempotent)."""
+    if not isinstance(sys.stdout, _Tee):
+        sys.stdout = _Tee(sys.stdout)
+
+
+def printed() -> str:
+    """What was printed since record_output()."""
+    return sys.stdout.kept.getvalue() if isinstance(sys.stdout, _Tee) else ""
+
+
+def parse_tables(text: str) -> tuple[list[dict], list[str]]:
+    """The markdown tables in ``text`` ({"title", "columns", "rows"}; the title is the markdown heading printed
+    last before the table, "" if none) and the other non-empty lines (headings excluded), in order."""
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    lines, tables, notes, title, i = text.splitlines(), [], [], "", 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].strip().startswith("|---"):
+            table = {"title": title, "columns": cells(line), "rows": []}
+            i += 2
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                table["rows"].append(cells(lines[i]))
+                i += 1
+            tables.append(table)
+            continue
+        if line.startswith("#"):
+            title = line.lstrip("#").strip()
+        elif line:
+            notes.append(line)
+        i += 1
+    return tables, notes
+
+
+def git_state() -> tuple[str | None, bool | None]:
+    """The checkout's commit and whether tracked files differ from it (None, None outside a git checkout)."""
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+
+
+def command(name: str, argv: list[str]) -> str:
+    """The command line that reproduces benchmarks/<name>.py run with ``argv`` (with torchrun and OMP_NUM_THREADS
+    when they were used)."""
+    prefix = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = f"torchrun --nproc_per_node {world}" if world > 1 else "python"
+    return f"{prefix}{launcher} {shlex.join([f'benchmarks/{name}.py', *argv])}"
+
+
+def write_results(name: str, args: argparse.Namespace, protocol: str | None = None,
+                  argv: list[str] | None = None) -> Path | None:
+    """Write results/<name>.json and .md (in ``args.results_dir``) from the tables printed so far. ``protocol`` is
+    the budget line the benchmark printed; without it, the lines printed before the first table. ``argv``: the
+    arguments main() parsed (default sys.argv[1:]). Rank 0 only; returns the .json path (None on other ranks)."""
+    if not distributed.is_main():
+        return None
+    tables, notes = parse_tables(printed())
+    if protocol is None:
+        before = printed().split("\n|", 1)[0]
+        protocol = " ".join(line.strip() for line in before.splitlines() if line.strip() and line[0] != "#")
+    notes = [line for line in notes if line not in protocol]
+    commit, dirty = git_state()
+    record = {"benchmark": name, "command": command(name, sys.argv[1:] if argv is None else argv),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit, "dirty": dirty,
+              "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                              "cpus": os.cpu_count(), "processes": distributed.world_size(),
+                              "threads": torch.get_num_threads()},
+              "protocol": protocol.strip(), "tables": tables, "notes": notes}
+    folder = Path(args.results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.with_suffix(".md").write_text(render(record), encoding="utf-8")
+    print(f"\nResults: {path} and {path.with_suffix('.md').name}", file=sys.stderr)
+    return path
+
+
+def render(record: dict) -> str:
+    """A results record as markdown: command, date, commit, protocol, then each table under its title."""
+    state = "unknown" if record["commit"] is None else record["commit"][:12] + (" (uncommitted changes)"
+                                                                                 if record["dirty"] else "")
+    out = [f"# {record['benchmark']}", "", f"Command: `{record['command']}`", "",
+           f"Measured {record['date']} at commit {state}.", "", f"Protocol: {record['protocol']}", ""]
+    for table in record["tables"]:
+        if table["title"]:
+            out += [f"## {table['title']}", ""]
+        out += ["| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"])]
+        out += ["| " + " | ".join(row) + " |" for row in table["rows"]] + [""]
+    if record["notes"]:
+        out += ["## Other output", "", "```", *record["notes"], "```", ""]
+    return "\n".join(out)

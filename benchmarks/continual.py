@@ -22,7 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from common import REPO, parser, setup
+from common import REPO, parser, setup, write_results
 from distill_lib import DistillConfig, EvalResult, load_dataset
 from distill_lib.cache import DiskCache
 from distill_lib.continual import BUILDERS, Builder, make_scenario, run_continual
@@ -65,7 +65,7 @@ def plot(curves: dict, path: Path) -> None:
 
 def main() -> None:
     p = parser(__doc__, datasets=["fashion_mnist", "cifar10"], ipcs=[10], seeds=3)
-    # The default budget: about 70 minutes of one core of a loaded 2-core machine for both data sets (README).
+    # The default budget (its measured cost: docs/results.md, continual learning).
     p.set_defaults(iterations=50, eval_epochs=20, models=1)
     p.add_argument("--tasks", type=int, default=5, help="tasks the classes arrive in")
     p.add_argument("--builders", nargs="+", choices=BUILDERS, default=list(BUILDERS))
@@ -88,15 +88,16 @@ def main() -> None:
     args = p.parse_args()
     setup(args)
     spec = TrainSpec(epochs=args.eval_epochs, lr=args.lr, batch_size=args.batch_size)
-    print(f"Budget: memories of {args.ipcs} images per class, seed {args.memory_seed}; DM / DM+CC+CM "
-          f"{args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
-          f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per class, "
-          f"simplified CC, lambda_CC {args.lambda_cc}, lambda_CM {args.lambda_cm}; herding on L2-normalised "
-          f"embeddings of a seeded random {args.herding_model}; learner: fresh ConvNet per task, {spec.epochs} "
-          f"epochs, lr {spec.lr} (x0.1 at half), momentum {spec.momentum}, wd {spec.weight_decay}, batch "
-          f"{spec.batch_size}, DSA on; tested on {args.test_per_class or 'all'} test images per class seen; "
-          f"{args.tasks} tasks; {args.seeds} class orders x {args.models} learner(s); mean ± std over those.\n",
-          flush=True)
+    budget = (f"Budget: memories of {args.ipcs} images per class, seed {args.memory_seed}; DM / DM+CC+CM "
+              f"{args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
+              f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per "
+              f"class, simplified CC, lambda_CC {args.lambda_cc}, lambda_CM {args.lambda_cm}; herding on "
+              f"L2-normalised embeddings of a seeded random {args.herding_model}; learner: fresh ConvNet per task, "
+              f"{spec.epochs} epochs, lr {spec.lr} (x0.1 at half), momentum {spec.momentum}, wd {spec.weight_decay}, "
+              f"batch {spec.batch_size}, DSA on; tested on {args.test_per_class or 'all'} test images per class "
+              f"seen; {args.tasks} tasks; {args.seeds} class orders x {args.models} learner(s); mean ± std over "
+              f"those.")
+    print(budget + "\n", flush=True)
     cache = DiskCache("continual")
     rows, curves = [], {}
     for dataset in args.datasets:
@@ -131,6 +132,7 @@ def main() -> None:
               "classes) |")
     if args.figure:
         plot(curves, Path(args.figure))
+    write_results("continual", args, budget)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
     OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/dm_accuracy.py --threads 1 ...   # both cores
 
 Needs the data sets (DISTILL_DATA, or ../shared/data beside the checkout). Each cell (dataset, IPC, method, seed) is
-cached on disk under its full config (distill_lib.sweep), so an interrupted run continues where it stopped and a wider grid only
-computes the new cells.
+cached on disk under its full config (distill_lib.sweep), so an interrupted run continues where it stopped and a wider
+grid only computes the new cells.
 
 With several ``--lr-img`` values, each (dataset, IPC) takes the one whose seed-0 set scores best on ``--validation``
 held-out training images per class (``--val-models`` evaluation nets; the test set is not looked at). ``--init`` adds
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from common import parser, say, setup, validation_flags
+from common import parser, say, setup, validation_flags, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.sweep import Cell, choose, pooled, run_cells
 from distill_lib.train import resolve_device
@@ -38,8 +38,9 @@ def main() -> None:
     choosing = len(args.lr_img) > 1
     lr_note = (f"lr_img chosen from {args.lr_img} per (dataset, IPC) on {args.validation} validation images per class "
                f"({args.val_models} net(s))" if choosing else f"lr_img {args.lr_img[0]:g}")
-    say(f"Budget: DM {args.iterations} iterations (batch_real {args.batch_real}, init real, full DSA, {lr_note}); "
-        f"evaluation {protocol.describe()}; {args.seeds} seed(s); mean ± std over seeds x models.\n", flush=True)
+    budget = (f"Budget: DM {args.iterations} iterations (batch_real {args.batch_real}, init real, full DSA, "
+              f"{lr_note}); evaluation {protocol.describe()}; {args.seeds} seed(s); mean ± std over seeds x models.")
+    say(budget + "\n", flush=True)
     bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
                            lr_img=args.lr_img[0]) for dataset in args.datasets for ipc in args.ipcs]
     if choosing:  # stage 1: every candidate of every (dataset, IPC), seed 0, on validation; one spread of cells
@@ -61,6 +62,7 @@ def main() -> None:
         start = f" {r['init']} |" if args.init else ""
         say(f"| {base.dataset} | {base.ipc} | {base.lr_img:g} | {r['random']} |{start} {r['distill']} | "
             f"{100 * (r['distill'].mean - r['random'].mean):+.2f} |", flush=True)
+    write_results("dm_accuracy", args, budget)
 
 
 if __name__ == "__main__":

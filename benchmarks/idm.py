@@ -8,12 +8,12 @@
 Storage is the same in every column of a row: IPC stored images per class. An IDM image holds 2x2 partitions (four
 training images after decoding), a DM image one, and the random subset is IPC real images per class. Every method
 runs the same number of iterations; IDM's iterations cost more (its queue nets train on real data), so the script
-also prints the measured seconds per iteration. The queue nets' training is the expensive part of IDM on a CPU: the
-authors' 10 SGD steps of 256 images per trained net per iteration cost about 12 DM iterations (measured on Fashion-
-MNIST, IPC 10, one thread), so by default this CPU budget trains them 2 steps of 128 images (stated in the output).
-Needs the data sets (DISTILL_DATA, or ../shared/data beside the
-checkout). Each cell (dataset, IPC, method, seed) is cached on disk under its full config (distill_lib.sweep), so an
-interrupted run continues where it stopped and a wider grid only computes the new cells.
+also prints the measured seconds per iteration. The queue nets' training is the expensive part of IDM on a CPU (the
+authors' 10 SGD steps of 256 images per trained net per iteration make an IDM iteration many times as costly as a DM
+one; docs/results.md gives the measured ratio), so by default this CPU budget trains them 2 steps of 128 images
+(stated in the output). Needs the data sets (DISTILL_DATA, or ../shared/data beside the checkout). Each cell
+(dataset, IPC, method, seed) is cached on disk under its full config (distill_lib.sweep), so an interrupted run
+continues where it stopped and a wider grid only computes the new cells.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import statistics
 from dataclasses import replace
 
 from ablation import LAMBDA_CC, LAMBDA_CM, select_lambdas
-from common import parser, say, setup, validation_flags
+from common import parser, say, setup, validation_flags, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.cache import DiskCache
 from distill_lib.sweep import Cell, pooled, run_cells
@@ -58,20 +58,21 @@ def main() -> None:
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
     distributed.setup(resolve_device(protocol.device))  # under torchrun: join now, so only rank 0 prints
     dm, idm = (DistillConfig(method=m).resolved() for m in ("dm", "idm"))
-    say(f"Storage = IPC images per class in every column (an IDM image stores {idm.factor}x{idm.factor} partitions, "
-        f"i.e. {idm.factor ** 2} training images; the random subset is IPC real images per class).\n"
-        f"Budget: {args.iterations} iterations for every method, batch_real {args.batch_real}, init real, full DSA; "
-        f"lr_img DM {dm.lr_img}, IDM {idm.lr_img}; IDM queue of ConvNets ({idm.queue_train_nets} trained per "
-        f"iteration, {args.queue_train_steps} SGD steps of {args.queue_batch} real images each, lr {idm.queue_lr}, "
-        f"a new net every {args.queue_push_interval} iterations, at most {idm.queue_length}), CE weight "
-        f"{idm.ce_weight} x net accuracy; lambda_CC / lambda_CM IDM {idm.lambda_cc} / "
-        f"{idm.lambda_cm}, {idm.cc_form} CC on a {args.featnet_arch} feature net trained "
-        f"{args.featnet_epochs} epochs on {args.featnet_per_class} images per class; DM+CC+CM's lambdas chosen as in "
-        f"benchmarks/ablation.py (each from its scan, on {args.validation} held-out training images per class), "
-        f"IDM's are the authors' defaults; evaluation on the decoded "
-        f"images: {protocol.describe()}; {args.seeds} distillation seed(s); mean ± std over seeds x models.\n"
-        f"At IPC 1 the DM+CC+CM column is DM's cells: one sample per class makes CC zero and CM gradient-free, so "
-        f"the images are DM's (tests/test_distill.py::test_ipc1_with_cc_and_cm_warns_and_cc_is_zero).\n")
+    budget = (f"Storage = IPC images per class in every column (an IDM image stores {idm.factor}x{idm.factor} "
+              f"partitions, i.e. {idm.factor ** 2} training images; the random subset is IPC real images per class).\n"
+              f"Budget: {args.iterations} iterations for every method, batch_real {args.batch_real}, init real, full "
+              f"DSA; lr_img DM {dm.lr_img}, IDM {idm.lr_img}; IDM queue of ConvNets ({idm.queue_train_nets} trained "
+              f"per iteration, {args.queue_train_steps} SGD steps of {args.queue_batch} real images each, lr "
+              f"{idm.queue_lr}, a new net every {args.queue_push_interval} iterations, at most {idm.queue_length}), "
+              f"CE weight {idm.ce_weight} x net accuracy; lambda_CC / lambda_CM IDM {idm.lambda_cc} / "
+              f"{idm.lambda_cm}, {idm.cc_form} CC on a {args.featnet_arch} feature net trained "
+              f"{args.featnet_epochs} epochs on {args.featnet_per_class} images per class; DM+CC+CM's lambdas chosen "
+              f"as in benchmarks/ablation.py (each from its scan, on {args.validation} held-out training images per "
+              f"class), IDM's are the authors' defaults; evaluation on the decoded images: {protocol.describe()}; "
+              f"{args.seeds} distillation seed(s); mean ± std over seeds x models.\n"
+              f"At IPC 1 the DM+CC+CM column is DM's cells: one sample per class makes CC zero and CM gradient-free, "
+              f"so the images are DM's (tests/test_distill.py::test_ipc1_with_cc_and_cm_warns_and_cc_is_zero).")
+    say(budget + "\n")
     bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
                            featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
                            featnet_per_class=args.featnet_per_class, queue_train_steps=args.queue_train_steps,
@@ -106,6 +107,7 @@ def main() -> None:
     measured = {key: pooled([next(results) for _ in group]) for key, group in cells.items()}
     r = {(b, name): measured[b, method(b, name)] for b in bases for name in names}
     gaps = [(a, b) for a, b in (("IDM", "DM"), ("IDM+CC+CM", "DM+CC+CM")) if a in names and b in names]
+    say("\n### Test accuracy\n")
     say("| dataset | IPC | random subset | " + " | ".join(args.methods) + "".join(f" | {a} - {b}" for a, b in gaps) +
         " |")
     say("|---|---|" + "---|" * (len(names) + len(gaps)))
@@ -113,8 +115,8 @@ def main() -> None:
         columns = [f"{r[b, name]}" + ("" if method(b, name) == name else f" ({method(b, name)}'s)") for name in names]
         columns += [f"{100 * (r[b, high].mean - r[b, low].mean):+.2f}" for high, low in gaps]
         say(f"| {b.dataset} | {b.ipc} | " + " | ".join(columns) + " |", flush=True)
-    say("\nSeconds per distillation iteration (mean over the iterations of every seed, as measured when each cell "
-        "was computed):\n")
+    say("\n### Seconds per distillation iteration (mean over the iterations of every seed, as measured when each "
+        "cell was computed)\n")
     distilled = [m for m in args.methods if m in METHODS]
     say("| dataset | IPC | " + " | ".join(distilled) + " |")
     say("|---|---|" + "---|" * len(distilled))
@@ -124,6 +126,7 @@ def main() -> None:
                   f"{statistics.fmean(h['seconds'] for c in cells[b, m] for h in cache.get(c.key())['history']):.2f}"
                   for m in distilled]
         say(f"| {b.dataset} | {b.ipc} | " + " | ".join(per_it) + " |")
+    write_results("idm", args, budget)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ else random uint8 images of the same shape (``--train-per-class`` per class); ti
 values. CC uses a randomly initialised feature net (as benchmarks/speed.py: its cost does not depend on weights).
 Speed-ups are against one process with the same threads per process (what adding processes buys) and with the
 same total threads (what splitting the same cores into processes instead of threads buys); the "model" column is
-the speed-up the cost model predicts when all work is per class, C / ceil(C / P) (README section "Scaling out").
+the speed-up the cost model predicts when all work is per class, C / ceil(C / P) (docs/scaling.md).
 The load average is printed before and after: on a shared machine the numbers are only indicative. The common flags
 --iterations, --eval-epochs, --models and --seeds are not used; --threads is set per layout.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from common import parser, setup
+from common import parser, setup, write_results
 from distill_lib import distributed
 from distill_lib.data import DATASETS, load_dataset
 from distill_lib.distill import DistillConfig
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                           f"{r['source']} |", flush=True)
         print()
     print(f"load average after: {load()}")
+    write_results("scaling", args, argv=argv)
 
 
 def ratio(base: float | None, value: float) -> str:

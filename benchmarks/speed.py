@@ -7,11 +7,12 @@
 What is timed (CPU, float32; random uint8 images of the data set's shape, so no data set is needed):
 
 * one distillation iteration (loss, backward, SGD step on the pixels) of the library's ``Distiller.step`` next to
-  :func:`reference_step`, the straightforward per-class loop of the authors' code written from the formulas (see
-  :func:`reference_loss_terms`). Both run in the same process, interleaved iteration by iteration, after one untimed
-  warm-up iteration each. ConvNet width 128, depth 3, instance norm, batch_real 256, full DSA. For CC the feature net
-  is a *randomly initialised* ResNet18 (``--cc-featnet-arch``) in eval mode: its cost does not depend on its
-  weights, so it is not trained for timing.
+  :func:`reference_step`, the straightforward per-class loop of ``distill_lib.reference`` (the shape of the authors'
+  code: per-class NCHW forwards, the embedding net and CC's feature net copied afresh every iteration). Both run in
+  the same process, interleaved iteration by iteration, after one untimed warm-up iteration each. ConvNet width
+  128, depth 3, instance norm, batch_real 256, full DSA. For CC the feature net is a *randomly initialised*
+  ResNet18 (``--cc-featnet-arch``) in eval mode: its cost does not depend on its weights, so it is not trained for
+  timing.
 * the FLOP floor of an iteration: conv/linear multiply-adds of the ConvNet on the real batch (forward), on the
   synthetic batch (forward + input-gradient backward, ~1x the forward: no weight gradients, neither net is trained),
   for CC the feature net's forward + input-gradient backward on the synthetic images, for CM the covariance
@@ -42,8 +43,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import parser, setup
-from distill_lib import allocator, augment, losses, seeding
+from common import parser, setup, write_results
+from distill_lib import allocator, augment, losses, reference, seeding
 from distill_lib.data import DATASETS, RealData, from_arrays
 from distill_lib.distill import DistillConfig, Distiller
 from distill_lib.evaluate import EvalProtocol
@@ -57,99 +58,13 @@ MALLOC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABL
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The reference: one class at a time, NCHW, everything re-created every iteration, loops from the formulas.
-
-def reference_convnet(distiller: Distiller, iteration: int) -> nn.Module:
-    """A freshly built NCHW ConvNet (GroupNorm instance norm) with the weights the library draws at ``iteration``."""
-    cfg, data = distiller.config, distiller.data
-    if cfg.model != "convnet":
-        raise ValueError(f"the reference loop is written for model 'convnet', got {cfg.model!r}")
-    net = get_model("convnet", data.channels, data.num_classes, data.image_size, width=cfg.net_width,
-                    depth=cfg.net_depth, activation=cfg.net_act, norm=cfg.net_norm, pooling=cfg.net_pooling)
-    net.reset_parameters(seeding.generator(cfg.seed, seeding.NET_INIT, iteration))
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
-
-
-def reference_featnet(distiller: Distiller, iteration: int) -> nn.Module:
-    """The CC feature net of ``iteration``, re-created as the authors' loop does: built, then its state_dict loaded.
-
-    The state_dict is the one held by the Distiller's pool, picked with the same FEATNET_DRAW stream (from memory:
-    the authors' code reads it from disk, so this reference is if anything faster than theirs).
-    """
-    cfg, data, pool = distiller.config, distiller.data, distiller.featnets.nets
-    pick = int(torch.randint(len(pool), (1,), generator=seeding.generator(cfg.seed, seeding.FEATNET_DRAW, iteration)))
-    net = get_model(cfg.featnet_arch, data.channels, data.num_classes, data.image_size)
-    net.load_state_dict(pool[pick].state_dict())
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
-
-
-def loop_covariance(fmap: torch.Tensor) -> torch.Tensor:
-    """(1/N) sum_i (X_i - X_bar)(X_i - X_bar)^T with X_i = fmap[i] as (d, hw), as a plain loop over the samples."""
-    x = fmap.flatten(2)
-    x_bar = x.mean(0)
-    sigma = torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype, device=x.device)
-    for i in range(len(x)):
-        xc = x[i] - x_bar
-        sigma = sigma + xc @ xc.T
-    return sigma / len(x)
-
-
-def reference_loss_terms(distiller: Distiller, iteration: int,
-                         images: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The loss terms of ``distiller`` at ``iteration``, recomputed the way the authors' reference code works.
-
-    Same seeded streams as ``Distiller.loss_terms`` (net weights, real batches, augmentation family and per-class
-    parameters, feature-net draw), but: a new NCHW net each iteration, per-class forwards of the real and synthetic
-    images, CC summed sample by sample, covariances by a loop over samples, the CC feature net re-created. ``images``:
-    the synthetic pixels (default the Distiller's own).
-    """
-    cfg, data, seed = distiller.config, distiller.data, distiller.config.seed
-    images = distiller.images if images is None else images
-    net = reference_convnet(distiller, iteration)
-    featnet = reference_featnet(distiller, iteration) if cfg.cc else None
-    family = augment.choose_family(cfg.dsa_strategy, seeding.generator(seed, seeding.AUGMENT, iteration))
-    n_real = distiller.n_real
-    dm = cm = cc = None
-    for c in range(data.num_classes):
-        real = data.sample_real(c, n_real, seeding.generator(seed, seeding.REAL_BATCH, iteration, c))
-        syn = images[c * cfg.ipc:(c + 1) * cfg.ipc]
-        draw = augment.sample_params(family, 1, data.image_size, seeding.generator(seed, seeding.AUGMENT, iteration, c))
-        real = augment.apply(real, draw.take(torch.zeros(n_real, dtype=torch.long)))
-        syn = augment.apply(syn, draw.take(torch.zeros(cfg.ipc, dtype=torch.long)))
-        fmap_real = net.features(real).detach()
-        fmap_syn = net.features(syn)
-        mean_real, mean_syn = fmap_real.flatten(1).mean(0), fmap_syn.flatten(1).mean(0)
-        term = torch.sum((mean_real - mean_syn) ** 2)
-        dm = term if dm is None else dm + term
-        if cfg.cm:
-            term = torch.sum((loop_covariance(fmap_real) - loop_covariance(fmap_syn)) ** 2)
-            cm = term if cm is None else cm + term
-        if cfg.cc:
-            feats = featnet.embed(syn)
-            centre = feats.mean(0)
-            for j in range(cfg.ipc):
-                sq = torch.sum((feats[j] - centre) ** 2)
-                term = sq if cfg.cc_form == "simplified" else torch.relu(torch.exp(cfg.cc_alpha * sq) - cfg.cc_beta)
-                cc = term if cc is None else cc + term
-    terms = {"dm": dm}
-    if cfg.cm:
-        terms["cm"] = cm
-    if cfg.cc:
-        terms["cc"] = cc
-    return terms
-
+# The reference: distill_lib.reference's per-class loop, on its own copy of the pixels with its own SGD.
 
 def reference_step(distiller: Distiller, iteration: int, images: torch.Tensor,
                    optimizer: torch.optim.Optimizer) -> float:
-    """One reference iteration on ``images`` (a leaf of its own): loss, backward, SGD step; returns the loss."""
-    weights = distiller.config.loss_weights()
-    terms = reference_loss_terms(distiller, iteration, images)
-    total = sum(weights[name] * value for name, value in terms.items())
+    """One iteration of distill_lib.reference's per-class loop on ``images`` (a leaf of its own): loss, backward, SGD
+    step; returns the loss."""
+    total = losses.combine(reference.loss_terms(distiller, iteration, images), distiller.config.loss_weights())
     optimizer.zero_grad()
     total.backward()
     optimizer.step()
@@ -388,12 +303,12 @@ def main(argv: list[str] | None = None) -> None:
     setup(args)
     if args.reps < 1:
         p.error("--reps must be >= 1")
-    torch.manual_seed(0)  # the reference builds nets (then re-draws or loads their weights): keep even that fixed
+    torch.manual_seed(0)  # nets are built (one global-RNG draw) before their weights are re-drawn: keep even that fixed
 
     peak = matmul_peak()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, float32; {malloc_line()}")
     print(f"fp32 matmul peak (best of 5 torch.mm 2048x2048): {peak / 1e9:.1f} GFLOP/s; median (min-max) of "
-          f"{args.reps} rep(s) after one warm-up; reference = per-class NCHW loop of the authors' code\n")
+          f"{args.reps} rep(s) after one warm-up; reference = the per-class NCHW loop of distill_lib.reference\n")
     for name in args.datasets:
         data = random_data(name, max(args.train_per_class, args.batch_real, max(args.ipcs)), args.test_images)
         shape = f"{data.channels}x{data.image_size[0]}x{data.image_size[1]}, {data.num_classes} classes"
@@ -441,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
                       flush=True)
             print("\n(epochs timed in blocks of about 1000 training images; per-model floor: forward + input and "
                   "weight gradients ~3x the forward's conv/linear FLOP per epoch, plus the test forward)\n")
+    write_results("speed", args, argv=argv)
 
 
 if __name__ == "__main__":

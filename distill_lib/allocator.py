@@ -2,8 +2,8 @@
 
 With glibc's defaults every buffer above the mmap threshold (at most 32 MiB, e.g. a ConvNet layer's output for a
 batch of 256 CIFAR-10 images, 134 MB) is mmap'ed on allocation and returned to the OS on free, so each op of each
-iteration page-faults its output in again. Raising the mmap and trim thresholds keeps freed buffers for reuse; it
-measured 1.2-2x faster for batch-256 forwards on this project's 2-core machine (README, Speed).
+iteration page-faults its output in again. Raising the mmap and trim thresholds keeps freed buffers for reuse
+(measurements: docs/speed.md).
 
 ``import distill_lib`` applies it once per process (:func:`tune`), unless the environment variable
 ``DISTILL_MALLOC_TUNING=0`` is set or the user already chose thresholds (``MALLOC_MMAP_THRESHOLD_`` /

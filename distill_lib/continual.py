@@ -107,7 +107,7 @@ class Builder:
     def settings(self, dataset: str, ipc: int, seed: int) -> dict:
         """What, besides data, classes, ipc and seed, determines this builder's memory (part of the cache key)."""
         if self.name in DISTILLED:
-            return self.distill_config(dataset, ipc, seed).identity()  # DM keys as before IDM existed
+            return self.distill_config(dataset, ipc, seed).identity()  # DM's identity leaves out IDM's fields
         if self.name == "herding":
             return {"feature_model": self.feature_model,
                     "feature_net": None if self.feature_net is None else _digest(self.feature_net)}
@@ -169,8 +169,8 @@ def _herding(data: RealData, classes: list[int], ipc: int, seed: int, builder: B
 def _embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``net.embed`` of ``x`` in eval mode, on the CPU; the net's train/eval flags and memory format are restored.
 
-    On a CPU in channels_last batches of 32, as :func:`train.predict` (measured 2.2x faster than NCHW batches of 256
-    for a random ConvNet on 28x28 images, one thread); elsewhere batches of 256.
+    On a CPU in channels_last batches of 32, as :func:`train.predict` (activations stay in cache); elsewhere batches
+    of 256.
     """
     device = next(net.parameters(), torch.empty(0)).device
     on_cpu = device.type == "cpu"

@@ -271,7 +271,11 @@ class Distiller:
         return self.net
 
     def loss_terms(self, iteration: int) -> dict[str, torch.Tensor]:
-        """The enabled loss terms (summed over classes) at ``iteration``, with the graph to the synthetic pixels."""
+        """The enabled loss terms (summed over classes) at ``iteration``, with the graph to the synthetic pixels.
+
+        Its specification is :func:`distill_lib.reference.loss_terms`, the same step one class at a time; this is that
+        loop batched (all classes in one forward, channels_last, compiled when enabled), and the tests check both agree.
+        """
         cfg, seed, nc, n_syn = self.config, self.config.seed, len(self.classes), self.samples_per_class
         net = self.embedding_net(iteration)
         family = augment.choose_family(cfg.dsa_strategy, seeding.generator(seed, seeding.AUGMENT, iteration))

@@ -15,16 +15,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from distill_lib import augment, losses, seeding
+from distill_lib import seeding
 from distill_lib.cache import canonical
 from distill_lib.cli import main
 from distill_lib.distill import IDM_FIELDS, METHOD_DEFAULTS, DistillConfig, Distiller, config_from_dict, distill
 from distill_lib.evaluate import EvalProtocol, evaluate
-from distill_lib.featnet import pretrain
 from distill_lib.idm import INITIAL_NETS, ModelQueue, QueueSpec
 from distill_lib.models import get_model
 from distill_lib.synthetic import SyntheticSet, decode_partitions, encode_partitions
-from test_distill import check_against_reference  # the shared comparison; the IDM reference is below
+from test_distill import check_against_reference  # library terms and gradients = distill_lib.reference
 
 # The modules (the package exports functions of the same names), for monkeypatching what they call.
 distill_module = importlib.import_module("distill_lib.distill")
@@ -216,38 +215,6 @@ def test_queue_training_equals_a_plain_sgd_loop(digits):
 
 # ---------------------------------------------------------------- the loss terms, recomputed class by class
 
-def reference_terms(run: Distiller, iteration: int) -> dict[str, torch.Tensor]:
-    """IDM's terms at ``iteration``, one class at a time: a copy of the drawn member's net, decoded tiles per class,
-    per-class losses, and CE weighted by the member's accuracy."""
-    cfg, data, seed = run.config.resolved(), run.data, run.config.seed
-    member = run.queue.sample(iteration)
-    net = get_model(cfg.model, data.channels, data.num_classes, data.image_size, width=cfg.net_width,
-                    depth=cfg.net_depth, activation=cfg.net_act, norm=cfg.net_norm, pooling=cfg.net_pooling)
-    net.load_state_dict(member.net.state_dict())
-    net.eval()
-    family = augment.choose_family(cfg.dsa_strategy, seeding.generator(seed, seeding.AUGMENT, iteration))
-    featnet = pretrain(data, cfg.featnet_spec())[0] if cfg.cc else None
-    n_real = min(cfg.batch_real, min(data.class_count(c) for c in range(data.num_classes)))
-    terms = {"dm": 0.0, **({"cm": 0.0} if cfg.cm else {}), **({"cc": 0.0} if cfg.cc else {}),
-             **({"ce": 0.0} if cfg.ce_weight > 0 else {})}
-    for c in range(data.num_classes):
-        real = data.sample_real(c, n_real, seeding.generator(seed, seeding.REAL_BATCH, iteration, c))
-        draw = augment.sample_params(family, 1, data.image_size, seeding.generator(seed, seeding.AUGMENT, iteration, c))
-        syn = decode_partitions(run.images[c * cfg.ipc:(c + 1) * cfg.ipc], cfg.factor)
-        real = augment.apply(real, draw.take(torch.zeros(n_real, dtype=torch.long)))
-        syn = augment.apply(syn, draw.take(torch.zeros(len(syn), dtype=torch.long)))
-        fmap_real, fmap_syn = net.features(real).detach(), net.features(syn)
-        terms["dm"] = terms["dm"] + losses.dm_loss(fmap_real.flatten(1), fmap_syn.flatten(1))
-        if cfg.cm:
-            terms["cm"] = terms["cm"] + losses.cm_loss(fmap_real, fmap_syn)
-        if cfg.cc:
-            terms["cc"] = terms["cc"] + losses.cc_loss(featnet.embed(syn), cfg.cc_alpha, cfg.cc_beta, cfg.cc_form)
-        if cfg.ce_weight > 0:
-            ce = F.cross_entropy(net(syn), torch.full((len(syn),), c))
-            terms["ce"] = terms["ce"] + member.accuracy * ce
-    return terms
-
-
 @pytest.mark.parametrize("extra", [dict(), dict(cc=True, cm=True, **FEATNET), dict(factor=1, cm=True)],
                          ids=["idm", "idm+cc+cm", "idm-factor1+cm"])
 def test_idm_loss_terms_equal_per_class_reference(digits, extra):
@@ -257,7 +224,7 @@ def test_idm_loss_terms_equal_per_class_reference(digits, extra):
     # iterations whose drawn net has been trained, so that the CE term is really weighted
     trained = [it for it in range(3, 30) if run.queue.sample(it).accuracy > 0][:3]
     assert len(trained) == 3
-    check_against_reference(run, trained, reference_terms, atol=1e-6)
+    check_against_reference(run, trained, atol=1e-6)
 
 
 def test_ce_weighting(digits):

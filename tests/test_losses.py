@@ -1,6 +1,6 @@
 """Tests for distill_lib.losses.
 
-Differential: every loss is compared with a plain-Python loop written from the formula in PAPER.md (float64 numbers,
+Differential: every loss is compared with a plain-Python loop written from the formula in docs/method.md (float64 numbers,
 tolerance 1e-6). Then the gradient through the class mean, the overflow continuation of the paper's exp hinge, the
 batched variants, ``combine`` and the IPC-1 facts.
 """

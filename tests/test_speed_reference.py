@@ -1,9 +1,7 @@
-"""The speed benchmark's reference loop computes what the library computes.
-
-benchmarks/speed.py times ``Distiller.step`` against a per-class loop written the way the authors' code works
-(``reference_loss_terms``). A speed ratio means something only if both compute the same iteration: same seeded net,
-real batches, augmentation and feature-net draw. Checked here on the tiny digits set in float32, plus the FLOP counts
-of the floor and a smoke run of the script.
+"""The speed benchmark (benchmarks/speed.py) times what it says: its reference row is one step of
+distill_lib.reference's per-class loop (checked against the library in test_distill and test_idm) on its own copy of
+the pixels, equal to the library's step; plus the FLOP counts of the floor, the timing Distiller's random feature net
+and a smoke run of the script.
 """
 import sys
 from pathlib import Path
@@ -14,43 +12,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import speed  # noqa: E402
 
-from distill_lib import losses, seeding  # noqa: E402
+from distill_lib import reference  # noqa: E402
 from distill_lib.distill import DistillConfig, Distiller  # noqa: E402
 from distill_lib.models import get_model  # noqa: E402
 
 TINY = dict(dataset="digits", ipc=3, batch_real=16, net_width=16, device="cpu",
             featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
-
-
-@pytest.mark.parametrize("extra", [dict(), dict(cm=True), dict(cc=True, cm=True, featnet_pool=2)],
-                         ids=["dm", "dm+cm", "dm+cc+cm"])
-def test_reference_loss_terms_equal_library(digits, extra):
-    run = Distiller(DistillConfig(**TINY, **extra), digits, progress=False)
-    weights = run.config.loss_weights()
-    iterations = (0, 1, 6)  # with a pool of two, FEATNET_DRAW picks net 0 at iterations 0 and 1 and net 1 at 6
-    if run.config.cc:
-        picks = {int(torch.randint(2, (1,), generator=seeding.generator(0, seeding.FEATNET_DRAW, it)))
-                 for it in iterations}
-        assert picks == {0, 1}
-    for it in iterations:
-        got, want = run.loss_terms(it), speed.reference_loss_terms(run, it)
-        assert list(got) == list(want)
-        for name in got:
-            assert want[name].dtype == torch.float32
-            assert want[name].item() > 0, name
-            torch.testing.assert_close(want[name], got[name], rtol=1e-5, atol=0, msg=f"{name} at iteration {it}")
-        g_lib = torch.autograd.grad(losses.combine(got, weights), run.images)[0]
-        g_ref = torch.autograd.grad(sum(weights[k] * v for k, v in want.items()), run.images)[0]
-        torch.testing.assert_close(g_ref, g_lib, rtol=1e-4, atol=1e-6 * g_lib.abs().max().item())
-        run.step()  # move the pixels: the next iteration compares other images too
-
-
-def test_reference_follows_the_iteration(digits):
-    """Not vacuous: another iteration's streams give other numbers."""
-    run = Distiller(DistillConfig(**TINY, cm=True), digits, progress=False)
-    a, b = speed.reference_loss_terms(run, 0), speed.reference_loss_terms(run, 1)
-    assert not torch.isclose(a["dm"], b["dm"], rtol=1e-3)
-    assert not torch.isclose(a["cm"], b["cm"], rtol=1e-3)
 
 
 def test_reference_step_updates_its_own_images(digits):
@@ -61,14 +28,11 @@ def test_reference_step_updates_its_own_images(digits):
     speed.reference_step(run, 0, images, opt)
     assert torch.equal(run.images.detach(), before)  # the library's pixels are untouched
     assert not torch.equal(images.detach(), before)
-    # the same update as the library's step
+    # the same update as the library's step (the first SGD step moves the pixels by -lr * gradient): normwise, as
+    # reference.GRADIENT_TOLERANCE explains
     run.step()
-    torch.testing.assert_close(images.detach(), run.images.detach(), rtol=1e-4, atol=1e-5)
-
-
-def test_loop_covariance_is_the_local_covariance():
-    fmap = torch.randn(5, 4, 3, 3, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(speed.loop_covariance(fmap), losses.local_covariance(fmap), rtol=1e-5, atol=1e-6)
+    error = reference.gradient_error(images.detach() - before, run.images.detach() - before)
+    assert error <= reference.GRADIENT_TOLERANCE, f"the reference step moved the pixels {error:.2e} differently"
 
 
 def test_flop_counts_of_the_floor():
@@ -79,7 +43,7 @@ def test_flop_counts_of_the_floor():
         speed.macs_per_image(convnet, 3, (32, 32)) + 128 * 4 * 4 * 10)
     data = speed.random_data("cifar10", 2, 10)
     flops = speed.distill_flops(DistillConfig(dataset="cifar10", ipc=10, cc=True), data, 256, "resnet18")
-    assert flops["real forward"] == pytest.approx(260e9, rel=0.01)  # PAPER.md: ~260 GFLOP per iteration
+    assert flops["real forward"] == pytest.approx(260e9, rel=0.01)  # CIFAR-10 DM, batch 256: ~260 GFLOP per iteration
     resnet_macs = flops["featnet forward+input-grad"] / (2 * 2 * 100)
     assert resnet_macs == pytest.approx(0.556e9, rel=0.01)  # ResNet18, CIFAR stem, 32x32
 
@@ -89,13 +53,14 @@ def test_timing_distiller_uses_a_random_featnet_without_pretraining(digits, _iso
     run = speed.timing_distiller(cfg, digits)
     assert run.config.cc and len(run.featnets.nets) == 1 and not run.featnets.nets[0].training
     assert not (_isolated_cache / "featnet").exists()  # nothing was pretrained or cached
-    torch.testing.assert_close(speed.reference_loss_terms(run, 0)["cc"], run.loss_terms(0)["cc"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(reference.loss_terms(run, 0)["cc"], run.loss_terms(0)["cc"], rtol=1e-5, atol=0)
 
 
 def test_script_runs_on_tiny_shapes(capsys, monkeypatch):
     monkeypatch.delenv("DISTILL_DATA", raising=False)  # setup() may set it; restored after the test
     speed.main(["--datasets", "digits", "--ipcs", "2", "--reps", "1", "--net-width", "8", "--batch-real", "8",
-                "--test-images", "100", "--cc-featnet-arch", "convnet", "--train-per-class", "10", "--eval-epochs", "10"])
+                "--test-images", "100", "--cc-featnet-arch", "convnet", "--train-per-class", "10",
+                "--eval-epochs", "10"])
     out = capsys.readouterr().out
     assert "MALLOC_MMAP_THRESHOLD_" in out and "GFLOP/s" in out
     assert "| DM | 2 |" in out and "| DM+CC+CM | 2 |" in out
