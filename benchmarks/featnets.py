@@ -36,10 +36,11 @@ def pool_rows(datas: dict[str, RealData], spec: FeatNetSpec, size: int) -> list[
     """(split name, member spec, {accuracy, seconds}) of every member on every split, each trained (or read from
     the cache) by one rank, dealt round-robin as sweeps deal their feature nets (distill_lib.sweep)."""
     todo = [(name, member) for name in datas for member in FeatNetPool.specs(spec, size)]
+    progress = distributed.is_main()  # rank 0's nets show their progress bars; inside spread every rank is "main"
 
     def compute(i: int) -> dict:
         name, member = todo[i]
-        entry = pretrained(datas[name], member, progress=True)
+        entry = pretrained(datas[name], member, progress)
         return {"accuracy": float(entry["accuracy"]), "seconds": entry.get("seconds")}
 
     return [(name, member, record) for (name, member), record in zip(todo, distributed.spread(len(todo), compute))]
@@ -97,7 +98,7 @@ def main() -> None:
     data = load_dataset(args.dataset)
     if args.cost:
         cost_table(data, args.cost)
-        write_results(f"featnets_cost_{args.dataset}_{torch.get_num_threads()}threads", args)
+        write_results("featnets", args)
         return
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("arch", args.arch)) if v is not None}
@@ -115,7 +116,7 @@ def main() -> None:
     for name, member, record in rows:
         seconds = "-" if record["seconds"] is None else f"{record['seconds']:.0f}"
         say(f"| {name} | {member.seed} | {100 * record['accuracy']:.2f} % | {seconds} |")
-    write_results(f"featnets_{args.dataset}_{args.recipe}", args)
+    write_results("featnets", args)
 
 
 if __name__ == "__main__":

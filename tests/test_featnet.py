@@ -148,6 +148,6 @@ def test_a_pool_pretrained_on_two_processes_equals_the_pool_trained_in_one(digit
         assert entry["accuracy"] == acc
         for name, value in net.state_dict().items():
             assert torch.equal(entry["state_dict"][name], value), (member.seed, name)
-    table = json.loads((tmp_path / "results" / "featnets_digits_paper.json").read_text())["tables"][0]
+    table = json.loads((tmp_path / "results" / "featnets.json").read_text())["tables"][0]
     assert [row[:3] for row in table["rows"]] == [["full", str(s), f"{100 * a:.2f} %"]
                                                   for s, a in enumerate(here.accuracies)]
