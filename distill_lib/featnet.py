@@ -71,6 +71,7 @@ class FeatNetSpec:
         return values
 
     def train_spec(self) -> TrainSpec:
+        """The training loop's settings for this net (distill_lib.train): the spec's budget, schedule and DSA."""
         return TrainSpec(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                          lr_decay=SCHEDULES[self.schedule], dsa_strategy=self.dsa_strategy)
 
