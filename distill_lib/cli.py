@@ -20,6 +20,7 @@ from . import distributed
 from .data import DATASETS, DatasetNotFoundError, load_dataset
 from .distill import INITS, METHOD_DEFAULTS, METHODS, DistillConfig, Interrupted, distill
 from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
+from .featnet import RECIPES
 from .files import check_writable
 from .losses import CC_FORMS
 from .models import ACTIVATIONS, MODEL_NAMES, NORMS, POOLINGS
@@ -62,6 +63,10 @@ HELP = {
     "dsa": "differentiable Siamese augmentation while training the evaluation networks",
     "compile": "torch.compile DM's embedding net: 'on', 'off', or 'auto' (on for long CPU runs)",
     "featnet_arch": "CC: architecture of the pretrained feature net",
+    "featnet_recipe": "CC: how the feature nets are trained: 'default' (--featnet-arch on --featnet-per-class "
+                      "images per class, DSA, step decay), 'paper' (the authors': ResNet18 on the full set, constant lr, no "
+                      "augmentation; 40 epochs: --featnet-epochs 40), 'convnet' (the DM ConvNet on the full set, no "
+                      "augmentation, step decay; a few epochs); --featnet-epochs sets the length of any recipe",
     "net_norm": "normalisation layers of the embedding ConvNet",
     "net_act": "activation of the embedding ConvNet",
     "net_pooling": "pooling of the embedding ConvNet",
@@ -73,8 +78,9 @@ EVAL_HELP = {
     "seed": "seed of the evaluation networks' initialisation, batch order and augmentation",
 }
 # Valid values of the name-valued fields: listed in --help and checked by argparse.
-CHOICES = {"method": METHODS, "init": INITS, "model": MODEL_NAMES, "featnet_arch": MODEL_NAMES, "net_norm": NORMS,
-           "net_act": ACTIVATIONS, "net_pooling": POOLINGS, "cc_form": CC_FORMS, "compile": COMPILE_MODES}
+CHOICES = {"method": METHODS, "init": INITS, "model": MODEL_NAMES, "featnet_arch": MODEL_NAMES,
+           "featnet_recipe": tuple(RECIPES), "net_norm": NORMS, "net_act": ACTIVATIONS, "net_pooling": POOLINGS,
+           "cc_form": CC_FORMS, "compile": COMPILE_MODES}
 # `run --first-look`: a first result in minutes on a laptop's CPU. Explicit flags still win.
 FIRST_LOOK = {"iterations": 80, "batch_real": 128, "eval_epochs": 100, "eval_num_models": 2}
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import augment, distributed, idm, losses, seeding
 from .cache import canonical, check_finite_fields
 from .data import DATASETS, RealData
-from .featnet import FeatNetPool, FeatNetSpec
+from .featnet import RECIPES, FeatNetPool, FeatNetSpec, recipe
 from .files import BadFileError, atomic_save, load_torch
 from .models import MODEL_NAMES, NORMS, get_model
 from .synthetic import SyntheticSet, check_factor, decode_partitions, encode_partitions
@@ -97,6 +97,9 @@ class DistillConfig:
     featnet_epochs: int = 2
     featnet_per_class: int = 0  # 0: pretrain on the whole training set
     featnet_pool: int = 1
+    # How the feature nets are trained (distill_lib.featnet.RECIPES). "default" takes featnet_arch and
+    # featnet_per_class; a named recipe fixes its net and training set. featnet_epochs is the length of any recipe.
+    featnet_recipe: str = "default"
     # Covariance matching (inter-feature relation), on the embedding net's last feature map (DM: the random ConvNet;
     # IDM: the net drawn from the queue).
     cm: bool = False
@@ -131,12 +134,26 @@ class DistillConfig:
         if self.cc_form not in losses.CC_FORMS:
             raise ValueError(f"cc_form must be one of {losses.CC_FORMS}, got {self.cc_form!r}")
         augment.parse_strategy(self.dsa_strategy)
+        self._check_featnet_recipe()
         use_compile(self.compile, torch.device("cpu"), False)  # validates the mode
         resolve_device(self.device)
 
+    def _check_featnet_recipe(self) -> None:
+        if self.featnet_recipe not in RECIPES:
+            raise ValueError(f"featnet_recipe must be one of {tuple(RECIPES)}, got {self.featnet_recipe!r}")
+        if self.featnet_recipe != "default":
+            changed = [name for name in ("featnet_arch", "featnet_per_class")
+                       if getattr(self, name) != getattr(DistillConfig, name)]
+            if changed:
+                raise ValueError(f"the {self.featnet_recipe!r} feature-net recipe fixes its net and training set; "
+                                 f"leave {' and '.join(changed)} at the default (or use featnet_recipe 'default')")
+
     def featnet_spec(self) -> FeatNetSpec:
-        return FeatNetSpec(arch=self.featnet_arch, epochs=self.featnet_epochs,
-                           per_class=self.featnet_per_class or None, seed=self.seed)
+        """The CC feature net's spec (a pool's first member): the recipe, at featnet_epochs and this run's seed."""
+        if self.featnet_recipe == "default":
+            return FeatNetSpec(arch=self.featnet_arch, epochs=self.featnet_epochs,
+                               per_class=self.featnet_per_class or None, seed=self.seed)
+        return recipe(self.featnet_recipe, epochs=self.featnet_epochs, seed=self.seed)
 
     def queue_spec(self) -> idm.QueueSpec:
         return idm.QueueSpec(length=self.queue_length, push_interval=self.queue_push_interval,
@@ -153,9 +170,12 @@ class DistillConfig:
 
         For DM it leaves out what IDM added (``method``, the IDM-only fields, and ``factor`` when it is 1), so a DM
         config keeps the cache key it had before IDM existed, and unused IDM settings never split a DM cache entry.
+        Likewise ``featnet_recipe`` when it is "default".
         """
         values = canonical(self.resolved())
         del values["compile"]  # changes float rounding only, like the device: one cache entry either way
+        if values["featnet_recipe"] == "default":
+            del values["featnet_recipe"]
         if self.method == "dm":
             for name in ("method", *IDM_FIELDS, *(("factor",) if values["factor"] == 1 else ())):
                 del values[name]

@@ -163,7 +163,7 @@ def cell_metrics(cell: Cell, root=None, real_per_class: int = 50) -> dict[str, f
                            seeding.generator(cell.config.seed, seeding.ANALYSIS_REAL))
 
     the_set = {k: v for k, v in cell.key().items() if k != "eval"}  # the evaluation protocol does not enter
-    key = {"set": the_set, "featnet": asdict(cell.config.featnet_spec()), "real_per_class": real_per_class}
+    key = {"set": the_set, "featnet": cell.config.featnet_spec().identity(), "real_per_class": real_per_class}
     return DiskCache("metrics").get_or_compute(key, compute)
 
 
