@@ -3,7 +3,7 @@ centralization (CC) and covariance matching (CM) from "Exploiting Inter-sample a
 Dataset Distillation" (CVPR 2024).
 
 The main entry points, each in a module with one job:
-``load_dataset`` (data), ``get_model`` (models), ``DistillConfig``/``distill`` (distill),
+``load_dataset`` (data), ``get_model`` (models), ``DistillConfig``/``distill`` (distill), ``RunOptions`` (options),
 ``EvalProtocol``/``evaluate``/``random_subset`` (evaluate), ``SyntheticSet`` (synthetic).
 
 Importing the package raises glibc's allocator thresholds for this process (``allocator``: large activation buffers
@@ -17,7 +17,8 @@ from .data import DATASETS, RealData, load_dataset
 from .distill import DistillConfig, distill
 from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
 from .models import MODEL_NAMES, get_model
+from .options import RunOptions
 from .synthetic import SyntheticSet
 
 __all__ = ["DATASETS", "RealData", "load_dataset", "DistillConfig", "distill", "EvalProtocol", "EvalResult",
-           "evaluate", "random_subset", "MODEL_NAMES", "get_model", "SyntheticSet"]
+           "evaluate", "random_subset", "MODEL_NAMES", "get_model", "RunOptions", "SyntheticSet"]

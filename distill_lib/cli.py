@@ -1,9 +1,9 @@
 """Command line: ``python -m distill_lib {distill,evaluate,run} --help``.
 
-Options are generated from the fields of :class:`DistillConfig` and :class:`EvalProtocol` (evaluation options carry an
-``--eval-`` prefix), so the CLI can never drift from the library. Every command also runs under
-``torchrun --nproc-per-node N -m distill_lib ...``: the work is split over the processes and only rank 0 writes
-files and prints results.
+Options are generated from the fields of :class:`DistillConfig`, :class:`RunOptions` and :class:`EvalProtocol`
+(evaluation options carry an ``--eval-`` prefix), so the CLI can never drift from the library. Every command also
+runs under ``torchrun --nproc-per-node N -m distill_lib ...``: the work is split over the processes and only rank 0
+writes files and prints results.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
 from .files import check_writable
 from .losses import CC_FORMS
 from .models import ACTIVATIONS, MODEL_NAMES, NORMS, POOLINGS
+from .options import RunOptions
 from .synthetic import SyntheticSet
 from .train import COMPILE_MODES
 
@@ -119,6 +120,7 @@ def parser(first_look: bool = False) -> argparse.ArgumentParser:
                        description="Distill a data set with DM or IDM (optionally +CC, +CM) and save the synthetic "
                                    "set.")
     _add_fields(d, DistillConfig)
+    _add_fields(d, RunOptions)
     _add_common(d)
     d.add_argument("--out", type=Path, help="output file (default: runs/<dataset>_ipc<ipc>_seed<seed>.pt)")
     _add_checkpoint(d)
@@ -139,6 +141,7 @@ def parser(first_look: bool = False) -> argparse.ArgumentParser:
                                    "random real subset of the same storage (IPC images per class), with a picture "
                                    "of both. Defaults need no download.")
     _add_fields(r, DistillConfig)
+    _add_fields(r, RunOptions)
     _add_fields(r, EvalProtocol, "eval_", EVAL_HELP)
     _add_common(r)
     r.add_argument("--out", type=Path, help="where to save the synthetic set (default: runs/...; its picture goes "
@@ -219,7 +222,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run" and args.first_look:
         print(f"first look: {config.iterations} iterations, evaluation {protocol.epochs} epochs x "
               f"{protocol.num_models} networks (the full budget: {args.full_budget})", file=sys.stderr)
-    syn = distill(config, data, args.checkpoint, args.resume, progress)
+    syn = distill(config, data, args.checkpoint, args.resume, progress, _build(RunOptions, args))
     if distributed.is_main():
         syn.save(out)
     if args.command == "distill":

@@ -27,6 +27,7 @@ from .data import DATASETS, RealData
 from .featnet import FeatNetPool, FeatNetSpec
 from .files import BadFileError, atomic_save, load_torch
 from .models import MODEL_NAMES, NORMS, get_model
+from .options import RunOptions
 from .synthetic import SyntheticSet, check_factor, decode_partitions, encode_partitions
 from .train import compiled, resolve_device, use_compile
 
@@ -41,7 +42,7 @@ METHOD_DEFAULTS = {"dm": {"lr_img": 1.0, "factor": 1, "lambda_cc": 0.05, "lambda
 IDM_FIELDS = ("queue_length", "queue_push_interval", "queue_train_nets", "queue_train_steps", "queue_batch",
               "queue_lr", "ce_weight")
 # Fields that may differ between a checkpoint and the run that resumes it without changing what is computed.
-RESUMABLE_FIELDS = ("iterations", "checkpoint_every", "device", "compile")
+RESUMABLE_FIELDS = ("iterations",)
 # "auto" compiles DM's net on CPU from this much work (iterations x classes x batch_real x pixels per image pushed
 # through it, ~5 TFLOP for the ConvNet): enough to repay a cold compile (5-20 s) with the ~1.4x faster forward.
 COMPILE_MIN_WORK = 50_000_000
@@ -71,10 +72,6 @@ class DistillConfig:
     net_act: str = "relu"
     net_pooling: str = "avgpool"
     seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 0
-    real_chunk: int = 32  # >0: push the real batch through the net in chunks of this many images (cache-friendly)
-    compile: str = "auto"  # torch.compile DM's net: "on", "off", or "auto" (CPU and enough work; see COMPILE_MIN_WORK)
     # IDM's partitioning: each stored image holds factor x factor tiles, each upsampled to full size when used.
     factor: int | None = None
     # IDM's model queue (see distill_lib.idm) and its class-aware regulariser: ce_weight * (the drawn net's running
@@ -119,7 +116,7 @@ class DistillConfig:
                 raise ValueError(f"factor must be an integer >= 1 (or None: the method's default), got {self.factor!r}")
             check_factor(self.factor, DATASETS[self.dataset].image_size, f"images of {self.dataset!r}")
         self.queue_spec()  # validates the queue settings, also for DM, so a typo never hides
-        for name in ("momentum", "checkpoint_every", "real_chunk", "featnet_per_class", "cc_beta", "ce_weight"):
+        for name in ("momentum", "featnet_per_class", "cc_beta", "ce_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.init not in INITS:
@@ -131,8 +128,6 @@ class DistillConfig:
         if self.cc_form not in losses.CC_FORMS:
             raise ValueError(f"cc_form must be one of {losses.CC_FORMS}, got {self.cc_form!r}")
         augment.parse_strategy(self.dsa_strategy)
-        use_compile(self.compile, torch.device("cpu"), False)  # validates the mode
-        resolve_device(self.device)
 
     def featnet_spec(self) -> FeatNetSpec:
         return FeatNetSpec(arch=self.featnet_arch, epochs=self.featnet_epochs,
@@ -155,7 +150,6 @@ class DistillConfig:
         config keeps the cache key it had before IDM existed, and unused IDM settings never split a DM cache entry.
         """
         values = canonical(self.resolved())
-        del values["compile"]  # changes float rounding only, like the device: one cache entry either way
         if self.method == "dm":
             for name in ("method", *IDM_FIELDS, *(("factor",) if values["factor"] == 1 else ())):
                 del values[name]
@@ -171,9 +165,14 @@ class DistillConfig:
 
 
 def config_from_dict(values: dict) -> DistillConfig:
-    """Rebuild a config saved with a SyntheticSet or checkpoint (unknown keys are an error)."""
-    known = {f.name for f in dataclasses.fields(DistillConfig)}
-    unknown = set(values) - known
+    """Rebuild a config saved with a SyntheticSet or checkpoint (unknown keys are an error).
+
+    Configs saved before the run options moved to :class:`RunOptions` carry them (device, compile, ...): they are
+    dropped, as they never changed the result.
+    """
+    run_options = {f.name for f in dataclasses.fields(RunOptions)}
+    values = {k: v for k, v in values.items() if k not in run_options}
+    unknown = set(values) - {f.name for f in dataclasses.fields(DistillConfig)}
     if unknown:
         raise ValueError(f"unknown DistillConfig fields {sorted(unknown)}")
     return DistillConfig(**values)
@@ -181,12 +180,14 @@ def config_from_dict(values: dict) -> DistillConfig:
 
 class Distiller:
     """The state of one run: synthetic pixels, their optimiser, the embedding net (DM's reusable random net, or IDM's
-    model queue), the feature-net pool."""
+    model queue), the feature-net pool. ``options``: where and how it runs (device, compile, real_chunk)."""
 
-    def __init__(self, config: DistillConfig, data: RealData, progress: bool = True):
-        self.device = distributed.rank_device(resolve_device(config.device))
+    def __init__(self, config: DistillConfig, data: RealData, options: RunOptions = RunOptions(),
+                 progress: bool = True):
+        self.device = distributed.rank_device(resolve_device(options.device))
         distributed.setup(self.device)  # first: every process checks the same things from here on
-        distributed.check_same({"config": canonical(config), "data": _fingerprint(data)})
+        distributed.check_same({"config": canonical(config), "options": canonical(options),
+                                "data": _fingerprint(data)})
         if data.name != config.dataset:
             raise ValueError(f"config is for dataset {config.dataset!r} but data is {data.name!r}")
         resolved = config.resolved()
@@ -203,7 +204,7 @@ class Distiller:
             warnings.warn("with ipc=1 and factor 1 (DM's default), CC and CM are constants with zero gradient (one"
                           " sample is its own mean: the simplified CC is exactly 0); use IDM, whose partitioning"
                           " (factor 2) gives several samples per stored image", stacklevel=3)
-        self.config, self.data = config, data
+        self.config, self.options, self.data = config, options, data
         self.n_real = min(config.batch_real, smallest)
         if self.n_real < config.batch_real:
             warnings.warn(f"batch_real={config.batch_real} exceeds the smallest class; using {self.n_real}",
@@ -218,7 +219,7 @@ class Distiller:
         # DM's one net, compiled once: its weights are graph inputs, redrawn in place every iteration. (IDM's queue
         # holds many nets and trains them: eager.)
         work = config.iterations * data.num_classes * config.batch_real * data.image_size[0] * data.image_size[1]
-        self.compiled = config.method == "dm" and use_compile(config.compile, self.device, work >= COMPILE_MIN_WORK)
+        self.compiled = config.method == "dm" and use_compile(options.compile, self.device, work >= COMPILE_MIN_WORK)
         self._net_features = compiled(self.net.features) if self.compiled else self.net.features
         # IDM: the queue's nets are copies of self.net, trained on real data of all classes (the same on every process).
         self.queue = None
@@ -291,7 +292,7 @@ class Distiller:
         syn = augment.apply(decode_partitions(self.images, self.factor), augment.AugDraw.cat(draws_syn))
         with torch.no_grad():
             real = augment.apply(torch.cat(real), augment.AugDraw.cat(draws_real))
-            fmap_real = self._features(net, real, self.config.real_chunk).unflatten(0, (nc, self.n_real))
+            fmap_real = self._features(net, real, self.options.real_chunk).unflatten(0, (nc, self.n_real))
         fmap_syn = self._features(net, syn).unflatten(0, (nc, n_syn))
         embed_syn = net.head(fmap_syn.flatten(0, 1))  # the model's embedding of its last feature map (flatten)
         terms = {"dm": losses.batched_dm_loss(net.head(fmap_real.flatten(0, 1)).unflatten(0, (nc, self.n_real)),
@@ -443,10 +444,10 @@ def read_checkpoint(path: Path) -> dict:
 
 
 def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None = None, resume: bool = False,
-            progress: bool = True) -> SyntheticSet:
+            progress: bool = True, options: RunOptions = RunOptions()) -> SyntheticSet:
     """Run (or continue) a distillation and return the synthetic set.
 
-    ``checkpoint``: a file written atomically every ``config.checkpoint_every`` iterations, at the end, and when the
+    ``checkpoint``: a file written atomically every ``options.checkpoint_every`` iterations, at the end, and when the
     run is interrupted (Ctrl-C, which raises :class:`Interrupted`). ``resume=True`` continues from it when it exists,
     to exactly the result an uninterrupted run would give. A loss term or pixel that turns NaN or infinite stops the
     run with a ``ValueError`` naming the iteration and the term; with a checkpoint path, the state before that step
@@ -456,12 +457,12 @@ def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None
     reads and writes the checkpoint and shows progress, and all return the whole set. A checkpoint resumes at any
     number of processes. On Ctrl-C with several processes the last periodic checkpoint is the state kept.
     """
-    if config.checkpoint_every and checkpoint is None:
+    if options.checkpoint_every and checkpoint is None:
         raise ValueError("checkpoint_every > 0 needs a checkpoint path")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
     checkpoint = Path(checkpoint) if checkpoint is not None else None
-    run = Distiller(config, data, progress)
+    run = Distiller(config, data, options, progress)
     if resume:
         state = distributed.from_main(lambda: read_checkpoint(checkpoint) if checkpoint.exists() else None)
         if state is not None:
@@ -491,7 +492,7 @@ def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None
             bar.update(1)
             if run.iteration % 10 == 0 or run.iteration == config.iterations:
                 bar.set_postfix(loss=f"{record['loss']:.4g}")
-            if checkpoint is not None and config.checkpoint_every and run.iteration % config.checkpoint_every == 0:
+            if checkpoint is not None and options.checkpoint_every and run.iteration % options.checkpoint_every == 0:
                 run.save_checkpoint(checkpoint)
     except distributed.PeerFailure as err:
         if checkpoint is None:

@@ -13,7 +13,7 @@ from distill_lib.evaluate import EvalProtocol, evaluate, random_subset
 from distill_lib.featnet import pretrain
 from distill_lib.sweep import Cell, cell_data, grid, pooled, run_cell, synthetic_set, synthetic_sets
 
-BASE = DistillConfig(dataset="digits", ipc=2, iterations=3, batch_real=8, net_width=8, device="cpu")
+BASE = DistillConfig(dataset="digits", ipc=2, iterations=3, batch_real=8, net_width=8)
 PROTOCOL = EvalProtocol(epochs=1, num_models=1, device="cpu")
 
 
