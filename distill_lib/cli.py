@@ -18,12 +18,13 @@ from pathlib import Path
 
 from . import distributed
 from .data import DATASETS, DatasetNotFoundError, load_dataset
-from .distill import INITS, METHOD_DEFAULTS, METHODS, DistillConfig, Interrupted, distill
+from .distill import INITS, METHOD_DEFAULTS, METHODS, DistillConfig
 from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
 from .files import check_writable
 from .losses import CC_FORMS
 from .models import ACTIVATIONS, MODEL_NAMES, NORMS, POOLINGS
 from .options import RunOptions
+from .runner import Interrupted, distill
 from .synthetic import SyntheticSet
 from .train import COMPILE_MODES
 

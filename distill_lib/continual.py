@@ -21,8 +21,9 @@ import torch.nn as nn
 from . import seeding
 from .cache import DiskCache, canonical
 from .data import RealData
-from .distill import DistillConfig, distill
+from .distill import DistillConfig
 from .options import RunOptions
+from .runner import distill
 from .models import MODEL_NAMES, get_model
 from .synthetic import SyntheticSet
 from .train import TrainSpec, accuracy, resolve_device, train_classifier

@@ -7,25 +7,25 @@ synthetic pixels. With IDM's partitioning (``factor`` > 1) each stored image is 
 before it is matched. Every random draw is derived from (seed, purpose, iteration, class), so a run is
 reproducible, can resume from any checkpoint to the same result, and is split across processes by class under
 torchrun (each rank matches and updates only ``Distiller.classes``; see distill_lib.distributed).
+
+This module is the maths of a run (:class:`DistillConfig`: what is computed; :class:`Distiller`: its state and
+step); :mod:`distill_lib.runner` runs it (checkpoints, resume, interruption) and :mod:`distill_lib.options` says
+where and how (device, compile).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from . import augment, distributed, idm, losses, seeding
 from .cache import canonical, check_finite_fields
 from .data import DATASETS, RealData
 from .featnet import FeatNetPool, FeatNetSpec
-from .files import BadFileError, atomic_save, load_torch
 from .models import MODEL_NAMES, NORMS, get_model
 from .options import RunOptions
 from .synthetic import SyntheticSet, check_factor, decode_partitions, encode_partitions
@@ -176,6 +176,10 @@ def config_from_dict(values: dict) -> DistillConfig:
     if unknown:
         raise ValueError(f"unknown DistillConfig fields {sorted(unknown)}")
     return DistillConfig(**values)
+
+
+class NonFiniteStep(ArithmeticError):
+    """A step whose loss or pixel gradient is NaN or infinite; raised before the update, the state unchanged."""
 
 
 class Distiller:
@@ -393,12 +397,6 @@ class Distiller:
         self.iteration = int(state["iteration"])
         self.history = list(state["history"])
 
-    def save_checkpoint(self, path: Path) -> None:
-        """Gather the state on every process, write it from rank 0 (atomically: the last good state survives)."""
-        state = self.state_dict()
-        if distributed.is_main():
-            atomic_save(state, path)
-
 
 def _is_per_pixel(value, images: torch.Tensor) -> bool:
     """An optimiser state tensor shaped like the images (SGD's momentum): split and gathered with them."""
@@ -420,99 +418,3 @@ def _net_kwargs(config: DistillConfig) -> dict:
         kwargs["norm"] = config.net_norm
     return kwargs
 
-
-CHECKPOINT_KEYS = ("config", "iteration", "images", "optimizer", "history")
-
-
-class NonFiniteStep(ArithmeticError):
-    """A step whose loss or pixel gradient is NaN or infinite; raised before the update, the state unchanged."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`distill`; the message says what was saved and how to continue."""
-
-
-def read_checkpoint(path: Path) -> dict:
-    """A checkpoint written by :func:`distill`; any other file is a :class:`BadFileError` saying what it is."""
-    state = load_torch(path, "distillation checkpoint")
-    if isinstance(state, dict) and {"images", "labels", "metadata"} <= state.keys():
-        raise BadFileError(path, "is a saved synthetic set, not a checkpoint (resume continues from the file written "
-                                 "to the checkpoint path, --checkpoint)")
-    if not isinstance(state, dict) or not set(CHECKPOINT_KEYS) <= state.keys():
-        raise BadFileError(path, f"is not a distillation checkpoint (needs {', '.join(CHECKPOINT_KEYS)})")
-    return state
-
-
-def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None = None, resume: bool = False,
-            progress: bool = True, options: RunOptions = RunOptions()) -> SyntheticSet:
-    """Run (or continue) a distillation and return the synthetic set.
-
-    ``checkpoint``: a file written atomically every ``options.checkpoint_every`` iterations, at the end, and when the
-    run is interrupted (Ctrl-C, which raises :class:`Interrupted`). ``resume=True`` continues from it when it exists,
-    to exactly the result an uninterrupted run would give. A loss term or pixel that turns NaN or infinite stops the
-    run with a ``ValueError`` naming the iteration and the term; with a checkpoint path, the state before that step
-    (the last finite one; see :meth:`Distiller.step`) is written there first.
-
-    Under torchrun every process calls this with the same arguments: each holds its share of the classes, rank 0
-    reads and writes the checkpoint and shows progress, and all return the whole set. A checkpoint resumes at any
-    number of processes. On Ctrl-C with several processes the last periodic checkpoint is the state kept.
-    """
-    if options.checkpoint_every and checkpoint is None:
-        raise ValueError("checkpoint_every > 0 needs a checkpoint path")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs a checkpoint path")
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-    run = Distiller(config, data, options, progress)
-    if resume:
-        state = distributed.from_main(lambda: read_checkpoint(checkpoint) if checkpoint.exists() else None)
-        if state is not None:
-            try:
-                run.load_state_dict(state)
-            except (KeyError, RuntimeError, TypeError, IndexError) as err:  # right keys, wrong contents
-                raise BadFileError(checkpoint, f"holds a damaged checkpoint ({type(err).__name__}: {err})") from None
-    if run.iteration > config.iterations:
-        raise ValueError(f"checkpoint is at iteration {run.iteration}, beyond iterations={config.iterations}")
-    bar = tqdm(total=config.iterations, initial=run.iteration, desc=f"distill {config.dataset} ipc{config.ipc}",
-               disable=not (progress and distributed.is_main()))
-    if run.queue is not None and not bar.disable:
-        tqdm.write(config.queue_spec().cost(), file=sys.stderr)
-        run.queue.on_step = bar.set_postfix_str
-    try:
-        while run.iteration < config.iterations:
-            try:
-                record = run.step()
-            except NonFiniteStep as err:
-                if checkpoint is not None:
-                    run.save_checkpoint(checkpoint)  # the step left the state as it was: the last finite one
-                kept = (f"the last finite state (iteration {run.iteration}) is saved in {checkpoint}"
-                        if checkpoint is not None else "no checkpoint was kept (a checkpoint path, --checkpoint, "
-                                                       "keeps the last finite state)")
-                raise ValueError(f"{err}; stopped ({kept}). A smaller lr_img (--lr-img) or smaller loss weights "
-                                 f"usually keep the run finite") from None
-            bar.update(1)
-            if run.iteration % 10 == 0 or run.iteration == config.iterations:
-                bar.set_postfix(loss=f"{record['loss']:.4g}")
-            if checkpoint is not None and options.checkpoint_every and run.iteration % options.checkpoint_every == 0:
-                run.save_checkpoint(checkpoint)
-    except distributed.PeerFailure as err:
-        if checkpoint is None:
-            raise
-        raise distributed.PeerFailure(f"{err}. {checkpoint} keeps the last saved state: run the same command with "
-                                      f"resume (--resume), at any number of processes") from err
-    except KeyboardInterrupt:
-        if checkpoint is None:
-            raise Interrupted(f"interrupted at iteration {run.iteration}; nothing saved (a checkpoint path, "
-                              f"--checkpoint, keeps the state for resume)") from None
-        if distributed.active():  # the others may be an iteration apart or gone: no collective save is safe
-            message = f"interrupted at iteration {run.iteration}; {checkpoint} keeps the last periodic checkpoint"
-        else:
-            run.save_checkpoint(checkpoint)
-            message = f"interrupted at iteration {run.iteration}; state saved to {checkpoint}"
-        message += ": run the same command with resume (--resume) to continue"
-        warnings.warn(message)
-        raise Interrupted(message) from None
-    finally:
-        bar.close()
-    if checkpoint is not None:
-        run.save_checkpoint(checkpoint)
-    return run.result()

@@ -19,9 +19,10 @@ import torch
 
 from distill_lib import distributed
 from distill_lib.data import from_arrays, load_dataset
-from distill_lib.distill import DistillConfig, Distiller, distill
+from distill_lib.distill import DistillConfig, Distiller
 from distill_lib.evaluate import EvalProtocol, evaluate, random_subset
 from distill_lib.options import RunOptions
+from distill_lib.runner import distill
 from distill_lib.sweep import grid, sweep
 
 torch.set_num_threads(1)

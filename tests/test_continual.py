@@ -12,9 +12,10 @@ from distill_lib.cache import DiskCache
 from distill_lib.continual import (BUILDERS, Builder, Scenario, build_memory, herding, make_scenario, memory_union,
                                    run_continual)
 from distill_lib.data import RealData
-from distill_lib.distill import DistillConfig, Distiller, distill
+from distill_lib.distill import DistillConfig, Distiller
 from distill_lib.evaluate import random_subset
 from distill_lib.options import RunOptions
+from distill_lib.runner import distill, save_checkpoint
 from distill_lib.train import TrainSpec, predict
 
 TINY_DM = DistillConfig(iterations=2, batch_real=8, net_width=8, featnet_arch="convnet", featnet_epochs=1,
@@ -243,7 +244,7 @@ def test_interrupted_distillation_resumes_from_its_checkpoint(digits, monkeypatc
         run = Distiller(config, data, options, progress)
         while run.iteration < 12:
             run.step()
-        run.save_checkpoint(checkpoint)  # what distill() does on Ctrl-C at iteration 12 (last periodic save: 10)
+        save_checkpoint(run, checkpoint)  # what distill() does on Ctrl-C at iteration 12 (last periodic save: 10)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(continual, "distill", interrupted)

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 from distill_lib import losses, reference, seeding
 from distill_lib.cache import canonical
-from distill_lib.distill import DistillConfig, Distiller, config_from_dict, distill
+from distill_lib.distill import DistillConfig, Distiller, config_from_dict
 from distill_lib.options import RunOptions
+from distill_lib.runner import distill
 from distill_lib.synthetic import SyntheticSet, decode_partitions
 from distill_lib.train import compile_available
 

@@ -21,9 +21,10 @@ import pytest
 import torch
 
 from distill_lib import distributed
-from distill_lib.distill import RESUMABLE_FIELDS, Distiller, distill
+from distill_lib.distill import RESUMABLE_FIELDS, Distiller
 from distill_lib.evaluate import evaluate, random_subset
 from distill_lib.cache import DiskCache
+from distill_lib.runner import distill
 from distill_lib.sweep import Cell, run_cell
 from distill_lib.synthetic import SyntheticSet
 

@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from distill_lib import seeding
 from distill_lib.cache import canonical
 from distill_lib.cli import main
-from distill_lib.distill import IDM_FIELDS, METHOD_DEFAULTS, DistillConfig, Distiller, config_from_dict, distill
+from distill_lib.distill import IDM_FIELDS, METHOD_DEFAULTS, DistillConfig, Distiller, config_from_dict
 from distill_lib.evaluate import EvalProtocol, evaluate
 from distill_lib.idm import INITIAL_NETS, ModelQueue, QueueSpec
 from distill_lib.models import get_model
 from distill_lib.options import RunOptions
+from distill_lib.runner import distill
 from distill_lib.synthetic import SyntheticSet, decode_partitions, encode_partitions
 from test_distill import check_against_reference  # library terms and gradients = distill_lib.reference
 

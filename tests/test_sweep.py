@@ -8,9 +8,10 @@ import torch
 from distill_lib import seeding, sweep
 from distill_lib.analysis import set_metrics
 from distill_lib.cache import DiskCache
-from distill_lib.distill import DistillConfig, Distiller, distill
+from distill_lib.distill import DistillConfig, Distiller
 from distill_lib.evaluate import EvalProtocol, evaluate, random_subset
 from distill_lib.featnet import pretrain
+from distill_lib.runner import distill
 from distill_lib.sweep import Cell, cell_data, grid, pooled, run_cell, synthetic_set, synthetic_sets
 
 BASE = DistillConfig(dataset="digits", ipc=2, iterations=3, batch_real=8, net_width=8)
