@@ -3,8 +3,8 @@ centralization (CC) and covariance matching (CM) from "Exploiting Inter-sample a
 Dataset Distillation" (CVPR 2024).
 
 The main entry points, each in a module with one job:
-``load_dataset`` (data), ``get_model`` (models), ``DistillConfig`` (distill), ``distill`` (runner), ``RunOptions`` (options),
-``EvalProtocol``/``evaluate``/``random_subset`` (evaluate), ``SyntheticSet`` (synthetic).
+``load_dataset`` (data), ``get_model`` (models), ``DistillConfig`` (distill), ``distill`` (runner), ``RunOptions``
+(options), ``EvalProtocol``/``evaluate``/``random_subset`` (evaluate), ``SyntheticSet`` (synthetic).
 
 Importing the package raises glibc's allocator thresholds for this process (``allocator``: large activation buffers
 stay in the heap instead of being page-faulted in every op); ``DISTILL_MALLOC_TUNING=0`` switches that off.
