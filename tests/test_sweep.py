@@ -11,6 +11,7 @@ from distill_lib.cache import DiskCache
 from distill_lib.distill import DistillConfig, Distiller
 from distill_lib.evaluate import EvalProtocol, evaluate, random_subset
 from distill_lib.featnet import pretrain
+from distill_lib.options import RunOptions
 from distill_lib.runner import distill
 from distill_lib.sweep import Cell, cell_data, grid, pooled, run_cell, synthetic_set, synthetic_sets
 
@@ -54,6 +55,18 @@ def test_identical_cell_is_a_hit_changed_cell_a_miss(calls):
 
     run_cell(Cell(replace(BASE, lr_img=0.5), PROTOCOL), verbose=False)
     assert (calls.steps, calls.evaluations) == (6, 3)  # a changed distillation config: both recomputed
+
+
+def test_cells_differing_only_in_run_options_are_one_cell_and_one_set(calls):
+    """How a set is distilled (device, compile, chunking, checkpoints) is no part of what it is: one key, one cached
+    set and one evaluation serve every choice of RunOptions."""
+    other = RunOptions(device="cpu", compile="off", real_chunk=0, checkpoint_every=3)
+    plain, tuned = Cell(BASE, PROTOCOL), Cell(BASE, PROTOCOL, options=other)
+    assert plain.key() == tuned.key() and plain.config.identity() == tuned.config.identity()
+    first = synthetic_set(tuned)
+    assert calls.steps == 3
+    assert torch.equal(synthetic_set(plain).images, first.images) and calls.steps == 3  # the cached set
+    assert run_cell(tuned, verbose=False) == run_cell(plain, verbose=False) and calls.evaluations == 1
 
 
 def test_cell_matches_distill_then_evaluate(digits, calls):
