@@ -89,9 +89,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls, prefix: str = "", wording: dict | None = None) -> None:
+    """A flag per field of the dataclass ``cls``; a field that is itself a dataclass (``DistillConfig.queue``) gets
+    flat flags named after both (--queue-length), worded by HELP's entries of those names."""
     hints = typing.get_type_hints(cls)
     wording = {**HELP, **(wording or {})}
     for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            nested = f"{f.name}_"
+            _add_fields(parser, hints[f.name], prefix + nested,
+                        {k[len(nested):]: v for k, v in wording.items() if k.startswith(nested)})
+            continue
         flag = "--" + (prefix + f.name).replace("_", "-")  # "eval_" + "num_models" -> --eval-num-models
         if f.default is None:  # "X | None": None takes the method's default
             by_method = ", ".join(f"{m} {d[f.name]}" for m, d in METHOD_DEFAULTS.items() if f.name in d)
@@ -109,7 +116,10 @@ def _add_fields(parser: argparse.ArgumentParser, cls, prefix: str = "", wording:
 
 
 def _build(cls, args: argparse.Namespace, prefix: str = ""):
-    return cls(**{f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls)})
+    """An instance of ``cls`` from the flags :func:`_add_fields` made for it (nested dataclasses included)."""
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: _build(hints[f.name], args, f"{prefix}{f.name}_") if dataclasses.is_dataclass(hints[f.name])
+                  else getattr(args, prefix + f.name) for f in dataclasses.fields(cls)})
 
 
 def parser(first_look: bool = False) -> argparse.ArgumentParser:

@@ -38,9 +38,10 @@ METHODS = ("dm", "idm")
 # authors' IDM weights.
 METHOD_DEFAULTS = {"dm": {"lr_img": 1.0, "factor": 1, "lambda_cc": 0.05, "lambda_cm": 0.01},
                    "idm": {"lr_img": 0.2, "factor": 2, "lambda_cc": 0.01, "lambda_cm": 0.03}}
-# Fields only IDM reads (its model queue and class-aware regulariser).
-IDM_FIELDS = ("queue_length", "queue_push_interval", "queue_train_nets", "queue_train_steps", "queue_batch",
-              "queue_lr", "ce_weight")
+# The queue's settings as they appear in identity() and on the command line: ``queue`` flattened, queue_<field>.
+QUEUE_FIELDS = tuple(f"queue_{f.name}" for f in dataclasses.fields(idm.QueueSpec))
+# Fields only IDM reads (its model queue and class-aware regulariser), as identity() names them.
+IDM_FIELDS = (*QUEUE_FIELDS, "ce_weight")
 # Fields that may differ between a checkpoint and the run that resumes it without changing what is computed.
 RESUMABLE_FIELDS = ("iterations",)
 # "auto" compiles DM's net on CPU from this much work (iterations x classes x batch_real x pixels per image pushed
@@ -77,12 +78,7 @@ class DistillConfig:
     # IDM's model queue (see distill_lib.idm) and its class-aware regulariser: ce_weight * (the drawn net's running
     # training accuracy, a fraction) * sum over classes of the mean cross-entropy of that net on the synthetic images.
     # The authors' code multiplies an accuracy in percent by 0.5 (0.1 at IPC 50): the same as ce_weight 50 (10) here.
-    queue_length: int = 100
-    queue_push_interval: int = 30
-    queue_train_nets: int = 2
-    queue_train_steps: int = 10
-    queue_batch: int = 256
-    queue_lr: float = 0.01
+    queue: idm.QueueSpec = idm.QueueSpec()  # validated on its own, also for DM, so a typo never hides
     ce_weight: float = 50.0
     # Class centralization (inter-sample relation), on a pretrained feature net.
     cc: bool = False
@@ -115,7 +111,8 @@ class DistillConfig:
             if not isinstance(self.factor, int) or self.factor < 1:
                 raise ValueError(f"factor must be an integer >= 1 (or None: the method's default), got {self.factor!r}")
             check_factor(self.factor, DATASETS[self.dataset].image_size, f"images of {self.dataset!r}")
-        self.queue_spec()  # validates the queue settings, also for DM, so a typo never hides
+        if not isinstance(self.queue, idm.QueueSpec):
+            raise ValueError(f"queue must be a distill_lib.idm.QueueSpec, got {self.queue!r}")
         for name in ("momentum", "featnet_per_class", "cc_beta", "ce_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -133,11 +130,6 @@ class DistillConfig:
         return FeatNetSpec(arch=self.featnet_arch, epochs=self.featnet_epochs,
                            per_class=self.featnet_per_class or None, seed=self.seed)
 
-    def queue_spec(self) -> idm.QueueSpec:
-        return idm.QueueSpec(length=self.queue_length, push_interval=self.queue_push_interval,
-                             train_nets=self.queue_train_nets, train_steps=self.queue_train_steps,
-                             batch=self.queue_batch, lr=self.queue_lr, seed=self.seed)
-
     def resolved(self) -> "DistillConfig":
         """This config with each None replaced by its method's default (``METHOD_DEFAULTS``): the values a run uses."""
         defaults = METHOD_DEFAULTS[self.method]
@@ -148,8 +140,11 @@ class DistillConfig:
 
         For DM it leaves out what IDM added (``method``, the IDM-only fields, and ``factor`` when it is 1), so a DM
         config keeps the cache key it had before IDM existed, and unused IDM settings never split a DM cache entry.
+        The queue's settings appear flat (``queue_length``, ...: ``QUEUE_FIELDS``), as they were before ``queue``
+        was nested, so IDM's keys did not change either.
         """
         values = canonical(self.resolved())
+        values.update({f"queue_{name}": value for name, value in values.pop("queue").items()})
         if self.method == "dm":
             for name in ("method", *IDM_FIELDS, *(("factor",) if values["factor"] == 1 else ())):
                 del values[name]
@@ -168,10 +163,14 @@ def config_from_dict(values: dict) -> DistillConfig:
     """Rebuild a config saved with a SyntheticSet or checkpoint (unknown keys are an error).
 
     Configs saved before the run options moved to :class:`RunOptions` carry them (device, compile, ...): they are
-    dropped, as they never changed the result.
+    dropped, as they never changed the result. Configs saved before ``queue`` was nested hold its settings flat
+    (queue_length, ...): they are read into ``queue``.
     """
     run_options = {f.name for f in dataclasses.fields(RunOptions)}
     values = {k: v for k, v in values.items() if k not in run_options}
+    flat_queue = {k[len("queue_"):]: values.pop(k) for k in QUEUE_FIELDS if k in values}
+    if flat_queue or isinstance(values.get("queue"), dict):
+        values["queue"] = idm.QueueSpec(**{**values.get("queue", {}), **flat_queue})
     unknown = set(values) - {f.name for f in dataclasses.fields(DistillConfig)}
     if unknown:
         raise ValueError(f"unknown DistillConfig fields {sorted(unknown)}")
@@ -229,7 +228,7 @@ class Distiller:
         self.queue = None
         if config.method == "idm":
             idm.check_classifier(self.net, config.model)
-            self.queue = idm.ModelQueue(self.net, data, config.queue_spec(), self.device)
+            self.queue = idm.ModelQueue(self.net, data, config.queue, config.seed, self.device)
         self.featnets = self._featnet_pool(progress) if config.cc else None
         self.images = self._initial_images().to(self.device).requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=resolved.lr_img, momentum=config.momentum)

@@ -77,7 +77,7 @@ def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None
     bar = tqdm(total=config.iterations, initial=run.iteration, desc=f"distill {config.dataset} ipc{config.ipc}",
                disable=not (progress and distributed.is_main()))
     if run.queue is not None and not bar.disable:
-        tqdm.write(config.queue_spec().cost(), file=sys.stderr)
+        tqdm.write(config.queue.cost(), file=sys.stderr)
         run.queue.on_step = bar.set_postfix_str
     try:
         while run.iteration < config.iterations:

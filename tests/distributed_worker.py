@@ -21,6 +21,7 @@ from distill_lib import distributed
 from distill_lib.data import from_arrays, load_dataset
 from distill_lib.distill import DistillConfig, Distiller
 from distill_lib.evaluate import EvalProtocol, evaluate, random_subset
+from distill_lib.idm import QueueSpec
 from distill_lib.options import RunOptions
 from distill_lib.runner import distill
 from distill_lib.sweep import grid, sweep
@@ -31,8 +32,8 @@ CPU = RunOptions(device="cpu")
 EVERY_2 = RunOptions(device="cpu", checkpoint_every=2)  # a checkpoint every 2 iterations
 FEATNET = dict(featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
 # IDM+CC+CM with a short queue that pushes, trains and is drawn from within 4 iterations.
-IDM = dict(method="idm", cc=True, cm=True, queue_length=3, queue_push_interval=2, queue_train_nets=1,
-           queue_train_steps=1, queue_batch=16)
+IDM = dict(method="idm", cc=True, cm=True, queue=QueueSpec(length=3, push_interval=2, train_nets=1, train_steps=1,
+                                                            batch=16))
 TINY_EVAL = EvalProtocol(model="mlp", epochs=30, num_models=3, device="cpu")  # 3 distinct accuracies on digits
 
 

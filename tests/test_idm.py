@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from distill_lib import seeding
 from distill_lib.cache import canonical
 from distill_lib.cli import main
-from distill_lib.distill import IDM_FIELDS, METHOD_DEFAULTS, DistillConfig, Distiller, config_from_dict
+from distill_lib.distill import IDM_FIELDS, METHOD_DEFAULTS, QUEUE_FIELDS, DistillConfig, Distiller, config_from_dict
 from distill_lib.evaluate import EvalProtocol, evaluate
 from distill_lib.idm import INITIAL_NETS, ModelQueue, QueueSpec
 from distill_lib.models import get_model
@@ -32,14 +32,16 @@ distill_module = importlib.import_module("distill_lib.distill")
 evaluate_module = importlib.import_module("distill_lib.evaluate")
 
 # Small enough that a step takes milliseconds: width-8 nets, 8 real images per class, 2 queue steps of 32 images.
-TINY = dict(dataset="digits", method="idm", ipc=2, iterations=4, batch_real=8, net_width=8, queue_length=4,
-            queue_push_interval=2, queue_train_nets=2, queue_train_steps=2, queue_batch=32)
+TINY = dict(dataset="digits", method="idm", ipc=2, iterations=4, batch_real=8, net_width=8,
+            queue=QueueSpec(length=4, push_interval=2, train_nets=2, train_steps=2, batch=32))
 CPU = RunOptions(device="cpu")
 FEATNET = dict(featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
 
 
 def tiny(**overrides) -> DistillConfig:
-    return DistillConfig(**{**TINY, **overrides})
+    """TINY with ``overrides``; queue_<name> ones change its queue, as the command line's --queue-<name> flags do."""
+    queue = {k[len("queue_"):]: overrides.pop(k) for k in list(overrides) if k.startswith("queue_")}
+    return DistillConfig(**{**TINY, **overrides, "queue": dataclasses.replace(TINY["queue"], **queue)})
 
 
 def losses_of(history):
@@ -368,12 +370,24 @@ def test_identity_keeps_dm_keys_and_separates_idm_settings():
     assert not {"method", "factor", *IDM_FIELDS} & ident.keys()
     assert (ident["lr_img"], ident["lambda_cc"], ident["lambda_cm"]) == (1.0, 0.05, 0.01)
     # every field but the IDM ones
-    assert set(ident) == {f.name for f in dataclasses.fields(DistillConfig)} - {"method", "factor", *IDM_FIELDS}
-    assert DistillConfig(dataset="cifar10", ipc=10, lr_img=1.0, queue_length=7).identity() == ident
+    assert set(ident) == ({f.name for f in dataclasses.fields(DistillConfig)}
+                          - {"method", "factor", "queue", *IDM_FIELDS})
+    assert DistillConfig(dataset="cifar10", ipc=10, lr_img=1.0, queue=QueueSpec(length=7)).identity() == ident
     assert DistillConfig(dataset="cifar10", ipc=10, factor=2).identity()["factor"] == 2
     idm = DistillConfig(dataset="cifar10", ipc=10, method="idm").identity()
     assert idm["method"] == "idm" and idm["factor"] == 2 and set(IDM_FIELDS) <= idm.keys()
-    assert DistillConfig(method="idm", queue_length=7).identity() != DistillConfig(method="idm").identity()
+    assert DistillConfig(method="idm", queue=QueueSpec(length=7)).identity() != DistillConfig(method="idm").identity()
+    # the nested queue appears flat, under the names (and so the cache keys) it had before it was nested
+    assert {k: idm[k] for k in QUEUE_FIELDS} == {"queue_length": 100, "queue_push_interval": 30, "queue_train_nets": 2,
+                                                 "queue_train_steps": 10, "queue_batch": 256, "queue_lr": 0.01}
+
+
+def test_config_saved_with_flat_queue_settings_loads_into_the_nested_queue():
+    nested = DistillConfig(method="idm", queue=QueueSpec(length=7, lr=0.5))
+    flat = {k: v for k, v in canonical(nested).items() if k != "queue"} | {"queue_length": 7, "queue_lr": 0.5}
+    assert config_from_dict(flat) == nested and config_from_dict(canonical(nested)) == nested
+    assert canonical(nested)["queue"] == {"length": 7, "push_interval": 30, "train_nets": 2, "train_steps": 10,
+                                          "batch": 256, "lr": 0.5}
 
 
 def test_checkpoint_written_before_idm_still_resumes(digits, tmp_path):
@@ -385,7 +399,7 @@ def test_checkpoint_written_before_idm_still_resumes(digits, tmp_path):
     run.step()
     run.step()
     state = run.state_dict()
-    state["config"] = {k: v for k, v in canonical(cfg).items() if k not in ("method", "factor", *IDM_FIELDS)}
+    state["config"] = {k: v for k, v in canonical(cfg).items() if k not in ("method", "factor", "queue", *IDM_FIELDS)}
     state["config"].update(lr_img=1.0, lambda_cc=0.05, lambda_cm=0.01, device="cpu", checkpoint_every=0,
                            real_chunk=32, compile="auto")
     torch.save(state, tmp_path / "old.pt")
@@ -449,6 +463,10 @@ def test_cli_distills_with_idm(digits, tmp_path, monkeypatch, capsys):
     syn = SyntheticSet.load(out)
     assert syn.factor == 2 and syn.config["method"] == "idm" and syn.config["lambda_cm"] == 0.5
     assert syn.config["lr_img"] is None and config_from_dict(syn.config).resolved().lr_img == 0.2
+    # the flat --queue-* flags fill the nested queue
+    assert config_from_dict(syn.config).queue == QueueSpec(batch=16, train_steps=1)
     assert main(["distill", "--method", "idm", "--factor", "3", "--no-progress"]) == 2
     assert "factor 3 does not divide" in capsys.readouterr().err
+    assert main(["distill", "--method", "idm", "--queue-length", "1", "--no-progress"]) == 2
+    assert "queue_train_nets (2) cannot exceed queue_length (1)" in capsys.readouterr().err
     assert set(METHOD_DEFAULTS) == {"dm", "idm"}

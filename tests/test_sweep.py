@@ -11,6 +11,7 @@ from distill_lib.cache import DiskCache
 from distill_lib.distill import DistillConfig, Distiller
 from distill_lib.evaluate import EvalProtocol, evaluate, random_subset
 from distill_lib.featnet import pretrain
+from distill_lib.idm import QueueSpec
 from distill_lib.options import RunOptions
 from distill_lib.runner import distill
 from distill_lib.sweep import Cell, cell_data, grid, pooled, run_cell, synthetic_set, synthetic_sets
@@ -92,8 +93,8 @@ def test_init_cell_is_the_distillation_start(digits, calls):
 
 def test_idm_cell_set_keeps_its_partitions(digits):
     """A cached IDM set is the distilled one, factor included, so evaluation trains on the decoded tiles."""
-    config = replace(BASE, method="idm", iterations=2, queue_length=2, queue_push_interval=1, queue_train_nets=1,
-                     queue_train_steps=1, queue_batch=8)
+    config = replace(BASE, method="idm", iterations=2,
+                     queue=QueueSpec(length=2, push_interval=1, train_nets=1, train_steps=1, batch=8))
     cached = synthetic_set(Cell(config, PROTOCOL))
     direct = distill(config, digits, progress=False)
     assert cached.factor == direct.factor == 2
