@@ -24,6 +24,7 @@ from ablation import LAMBDA_CC, LAMBDA_CM, select_lambdas
 from common import parser, say, setup, validation_flags, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.cache import DiskCache
+from distill_lib.idm import QueueSpec
 from distill_lib.sweep import Cell, pooled, run_cells
 from distill_lib.train import resolve_device
 
@@ -61,9 +62,9 @@ def main() -> None:
     budget = (f"Storage = IPC images per class in every column (an IDM image stores {idm.factor}x{idm.factor} "
               f"partitions, i.e. {idm.factor ** 2} training images; the random subset is IPC real images per class).\n"
               f"Budget: {args.iterations} iterations for every method, batch_real {args.batch_real}, init real, full "
-              f"DSA; lr_img DM {dm.lr_img}, IDM {idm.lr_img}; IDM queue of ConvNets ({idm.queue_train_nets} trained "
+              f"DSA; lr_img DM {dm.lr_img}, IDM {idm.lr_img}; IDM queue of ConvNets ({idm.queue.train_nets} trained "
               f"per iteration, {args.queue_train_steps} SGD steps of {args.queue_batch} real images each, lr "
-              f"{idm.queue_lr}, a new net every {args.queue_push_interval} iterations, at most {idm.queue_length}), "
+              f"{idm.queue.lr}, a new net every {args.queue_push_interval} iterations, at most {idm.queue.length}), "
               f"CE weight {idm.ce_weight} x net accuracy; lambda_CC / lambda_CM IDM {idm.lambda_cc} / "
               f"{idm.lambda_cm}, {idm.cc_form} CC on a {args.featnet_arch} feature net trained "
               f"{args.featnet_epochs} epochs on {args.featnet_per_class} images per class; DM+CC+CM's lambdas chosen "
@@ -75,8 +76,9 @@ def main() -> None:
     say(budget + "\n")
     bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
                            featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
-                           featnet_per_class=args.featnet_per_class, queue_train_steps=args.queue_train_steps,
-                           queue_batch=args.queue_batch, queue_push_interval=args.queue_push_interval)
+                           featnet_per_class=args.featnet_per_class,
+                           queue=QueueSpec(train_steps=args.queue_train_steps, batch=args.queue_batch,
+                                           push_interval=args.queue_push_interval))
              for dataset in args.datasets for ipc in args.ipcs]
     # DM+CC+CM at IPC 1 is not a cell of its own (see above), it reads DM's; at IPC > 1 it runs at validated lambdas.
     def method(base: DistillConfig, name: str) -> str:

@@ -35,6 +35,7 @@ from common import parser, setup, write_results
 from distill_lib import distributed
 from distill_lib.data import DATASETS, load_dataset
 from distill_lib.distill import DistillConfig
+from distill_lib.options import RunOptions
 from speed import LABELS, METHODS, random_data, summary, timing_distiller
 
 SCRIPT = Path(__file__).resolve()
@@ -68,8 +69,8 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     data = benchmark_data(args.dataset, args.data, args.train_per_class)
     config = DistillConfig(dataset=args.dataset, ipc=args.ipc, batch_real=args.batch_real, net_width=args.net_width,
-                           featnet_arch=args.cc_featnet_arch, device=args.device, **METHODS[args.method])
-    run = timing_distiller(config, data)
+                           featnet_arch=args.cc_featnet_arch, **METHODS[args.method])
+    run = timing_distiller(config, data, RunOptions(device=args.device))
     if run.featnets is not None:
         run.featnets.nets = [net.to(run.device) for net in run.featnets.nets]
     for _ in range(args.reps + 1):

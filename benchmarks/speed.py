@@ -26,7 +26,7 @@ Tables report the median over ``--reps`` with (min-max). Library and reference s
 glibc allocator settings: ``import distill_lib`` raises the thresholds (distill_lib.allocator) unless
 ``DISTILL_MALLOC_TUNING=0`` (or the user's own MALLOC_*_ variables); the header prints which. Run it both ways: the
 library as users get it is the tuned run, the authors' code as users get it the untuned one. The library's compile
-(``DistillConfig.compile`` / ``EvalProtocol.compile`` "auto") is on for these sizes; its cold compile falls in the
+(``RunOptions.compile`` / ``EvalProtocol.compile`` "auto") is on for these sizes; its cold compile falls in the
 untimed warm-up, reported in its own column.
 The common flags --iterations, --models and --seeds are not used here.
 """
@@ -50,6 +50,7 @@ from distill_lib.distill import DistillConfig, Distiller
 from distill_lib.evaluate import EvalProtocol
 from distill_lib.featnet import FeatNetPool
 from distill_lib.models import get_model
+from distill_lib.options import RunOptions
 from distill_lib.train import TrainSpec, accuracy, train_classifier
 
 METHODS = {"dm": dict(), "dm+cm": dict(cm=True), "dm+cc": dict(cc=True), "dm+cc+cm": dict(cc=True, cm=True)}
@@ -155,11 +156,11 @@ def random_featnet_pool(data: RealData, arch: str, seed: int = 0) -> FeatNetPool
     return pool
 
 
-def timing_distiller(config: DistillConfig, data: RealData) -> Distiller:
+def timing_distiller(config: DistillConfig, data: RealData, options: RunOptions) -> Distiller:
     """A Distiller for ``config`` whose CC feature net (if any) is a random one instead of a pretrained one."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the IPC-1 warning about CC/CM: true, and irrelevant to timing
-        run = Distiller(replace(config, cc=False), data, progress=False)
+        run = Distiller(replace(config, cc=False), data, options, progress=False)
     if config.cc:
         run.config = config
         run.featnets = random_featnet_pool(data, config.featnet_arch, config.seed)
@@ -183,7 +184,7 @@ def timed(fn) -> float:
 def time_distill(config: DistillConfig, data: RealData, reps: int) -> tuple[list[float], list[float], float, bool]:
     """Seconds per iteration of the library and the reference, interleaved (order alternating), after a warm-up;
     also the library's warm-up seconds (its cold compile, if any) and whether it compiled."""
-    run = timing_distiller(config, data)
+    run = timing_distiller(config, data, RunOptions(device="cpu"))
     images = run.images.detach().clone().requires_grad_(True)
     optimizer = torch.optim.SGD([images], lr=config.resolved().lr_img, momentum=config.momentum)
     lib, ref, warm_up = [], [], 0.0
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
             for method in args.methods:
                 for ipc in args.ipcs:
                     config = DistillConfig(dataset=name, ipc=ipc, batch_real=args.batch_real, net_width=args.net_width,
-                                           featnet_arch=args.cc_featnet_arch, device="cpu", **METHODS[method])
+                                           featnet_arch=args.cc_featnet_arch, **METHODS[method])
                     lib, ref, warm_up, compiled = time_distill(config, data, args.reps)
                     flops = sum(distill_flops(config, data, min(args.batch_real, data.class_count(0)),
                                               args.cc_featnet_arch).values())

@@ -1,9 +1,9 @@
 """Command line: ``python -m distill_lib {distill,evaluate,run} --help``.
 
-Options are generated from the fields of :class:`DistillConfig` and :class:`EvalProtocol` (evaluation options carry an
-``--eval-`` prefix), so the CLI can never drift from the library. Every command also runs under
-``torchrun --nproc-per-node N -m distill_lib ...``: the work is split over the processes and only rank 0 writes
-files and prints results.
+Options are generated from the fields of :class:`DistillConfig`, :class:`RunOptions` and :class:`EvalProtocol`
+(evaluation options carry an ``--eval-`` prefix), so the CLI can never drift from the library. Every command also
+runs under ``torchrun --nproc-per-node N -m distill_lib ...``: the work is split over the processes and only rank 0
+writes files and prints results.
 """
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ from pathlib import Path
 
 from . import distributed
 from .data import DATASETS, DatasetNotFoundError, load_dataset
-from .distill import INITS, METHOD_DEFAULTS, METHODS, DistillConfig, Interrupted, distill
+from .distill import INITS, METHOD_DEFAULTS, METHODS, DistillConfig
 from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
 from .featnet import RECIPES
 from .files import check_writable
 from .losses import CC_FORMS
 from .models import ACTIVATIONS, MODEL_NAMES, NORMS, POOLINGS
+from .options import RunOptions
+from .runner import Interrupted, distill
 from .synthetic import SyntheticSet
 from .train import COMPILE_MODES
 
@@ -93,9 +95,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls, prefix: str = "", wording: dict | None = None) -> None:
+    """A flag per field of the dataclass ``cls``; a field that is itself a dataclass (``DistillConfig.queue``) gets
+    flat flags named after both (--queue-length), worded by HELP's entries of those names."""
     hints = typing.get_type_hints(cls)
     wording = {**HELP, **(wording or {})}
     for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            nested = f"{f.name}_"
+            _add_fields(parser, hints[f.name], prefix + nested,
+                        {k[len(nested):]: v for k, v in wording.items() if k.startswith(nested)})
+            continue
         flag = "--" + (prefix + f.name).replace("_", "-")  # "eval_" + "num_models" -> --eval-num-models
         if f.default is None:  # "X | None": None takes the method's default
             by_method = ", ".join(f"{m} {d[f.name]}" for m, d in METHOD_DEFAULTS.items() if f.name in d)
@@ -113,7 +122,10 @@ def _add_fields(parser: argparse.ArgumentParser, cls, prefix: str = "", wording:
 
 
 def _build(cls, args: argparse.Namespace, prefix: str = ""):
-    return cls(**{f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls)})
+    """An instance of ``cls`` from the flags :func:`_add_fields` made for it (nested dataclasses included)."""
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: _build(hints[f.name], args, f"{prefix}{f.name}_") if dataclasses.is_dataclass(hints[f.name])
+                  else getattr(args, prefix + f.name) for f in dataclasses.fields(cls)})
 
 
 def parser(first_look: bool = False) -> argparse.ArgumentParser:
@@ -125,6 +137,7 @@ def parser(first_look: bool = False) -> argparse.ArgumentParser:
                        description="Distill a data set with DM or IDM (optionally +CC, +CM) and save the synthetic "
                                    "set.")
     _add_fields(d, DistillConfig)
+    _add_fields(d, RunOptions)
     _add_common(d)
     d.add_argument("--out", type=Path, help="output file (default: runs/<dataset>_ipc<ipc>_seed<seed>.pt)")
     _add_checkpoint(d)
@@ -145,6 +158,7 @@ def parser(first_look: bool = False) -> argparse.ArgumentParser:
                                    "random real subset of the same storage (IPC images per class), with a picture "
                                    "of both. Defaults need no download.")
     _add_fields(r, DistillConfig)
+    _add_fields(r, RunOptions)
     _add_fields(r, EvalProtocol, "eval_", EVAL_HELP)
     _add_common(r)
     r.add_argument("--out", type=Path, help="where to save the synthetic set (default: runs/...; its picture goes "
@@ -225,7 +239,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run" and args.first_look:
         print(f"first look: {config.iterations} iterations, evaluation {protocol.epochs} epochs x "
               f"{protocol.num_models} networks (the full budget: {args.full_budget})", file=sys.stderr)
-    syn = distill(config, data, args.checkpoint, args.resume, progress)
+    syn = distill(config, data, args.checkpoint, args.resume, progress, _build(RunOptions, args))
     if distributed.is_main():
         syn.save(out)
     if args.command == "distill":

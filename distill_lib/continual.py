@@ -21,7 +21,9 @@ import torch.nn as nn
 from . import seeding
 from .cache import DiskCache, canonical
 from .data import RealData
-from .distill import DistillConfig, distill
+from .distill import DistillConfig
+from .options import RunOptions
+from .runner import distill
 from .models import MODEL_NAMES, get_model
 from .synthetic import SyntheticSet
 from .train import TrainSpec, accuracy, resolve_device, train_classifier
@@ -85,12 +87,14 @@ class Builder:
     """A memory builder by name, with the settings that builder reads (the others are ignored).
 
     ``dm_config``: base settings of ``dm`` / ``dm_cc_cm``; the builder sets dataset, ipc, seed, and cc = cm = (name is
-    ``dm_cc_cm``). ``feature_model``: the architecture of herding's seeded random feature net, unless ``feature_net``
-    gives a net (e.g. a pretrained one) whose ``.embed`` herding uses instead.
+    ``dm_cc_cm``). ``dm_options``: how they run (device, compile; not part of the cache key). ``feature_model``: the
+    architecture of herding's seeded random feature net, unless ``feature_net`` gives a net (e.g. a pretrained one)
+    whose ``.embed`` herding uses instead.
     """
 
     name: str
     dm_config: DistillConfig = DistillConfig()
+    dm_options: RunOptions = RunOptions()
     feature_model: str = "convnet"
     feature_net: nn.Module | None = None
 
@@ -203,8 +207,8 @@ def _distilled(data: RealData, ipc: int, seed: int, builder: Builder, progress: 
     The run writes ``checkpoint`` every 10 iterations and resumes from it, so an interrupted benchmark loses at most
     10 iterations; the file is removed once the run is done (its result is then cached).
     """
-    config = dataclasses.replace(builder.distill_config(data.name, ipc, seed), checkpoint_every=10)
-    syn = distill(config, data, checkpoint=checkpoint, resume=True, progress=progress)
+    syn = distill(builder.distill_config(data.name, ipc, seed), data, checkpoint=checkpoint, resume=True,
+                  progress=progress, options=dataclasses.replace(builder.dm_options, checkpoint_every=10))
     checkpoint.unlink(missing_ok=True)
     return syn.images, syn.factor
 

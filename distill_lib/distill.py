@@ -7,26 +7,27 @@ synthetic pixels. With IDM's partitioning (``factor`` > 1) each stored image is 
 before it is matched. Every random draw is derived from (seed, purpose, iteration, class), so a run is
 reproducible, can resume from any checkpoint to the same result, and is split across processes by class under
 torchrun (each rank matches and updates only ``Distiller.classes``; see distill_lib.distributed).
+
+This module is the maths of a run (:class:`DistillConfig`: what is computed; :class:`Distiller`: its state and
+step); :mod:`distill_lib.runner` runs it (checkpoints, resume, interruption) and :mod:`distill_lib.options` says
+where and how (device, compile).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from . import augment, distributed, idm, losses, seeding
 from .cache import canonical, check_finite_fields
 from .data import DATASETS, RealData
 from .featnet import RECIPES, FeatNetPool, FeatNetSpec, recipe
-from .files import BadFileError, atomic_save, load_torch
 from .models import MODEL_NAMES, NORMS, get_model
+from .options import RunOptions
 from .synthetic import SyntheticSet, check_factor, decode_partitions, encode_partitions
 from .train import compiled, resolve_device, use_compile
 
@@ -37,11 +38,12 @@ METHODS = ("dm", "idm")
 # authors' IDM weights.
 METHOD_DEFAULTS = {"dm": {"lr_img": 1.0, "factor": 1, "lambda_cc": 0.05, "lambda_cm": 0.01},
                    "idm": {"lr_img": 0.2, "factor": 2, "lambda_cc": 0.01, "lambda_cm": 0.03}}
-# Fields only IDM reads (its model queue and class-aware regulariser).
-IDM_FIELDS = ("queue_length", "queue_push_interval", "queue_train_nets", "queue_train_steps", "queue_batch",
-              "queue_lr", "ce_weight")
+# The queue's settings as they appear in identity() and on the command line: ``queue`` flattened, queue_<field>.
+QUEUE_FIELDS = tuple(f"queue_{f.name}" for f in dataclasses.fields(idm.QueueSpec))
+# Fields only IDM reads (its model queue and class-aware regulariser), as identity() names them.
+IDM_FIELDS = (*QUEUE_FIELDS, "ce_weight")
 # Fields that may differ between a checkpoint and the run that resumes it without changing what is computed.
-RESUMABLE_FIELDS = ("iterations", "checkpoint_every", "device", "compile")
+RESUMABLE_FIELDS = ("iterations",)
 # "auto" compiles DM's net on CPU from this much work (iterations x classes x batch_real x pixels per image pushed
 # through it, ~5 TFLOP for the ConvNet): enough to repay a cold compile (5-20 s) with the ~1.4x faster forward.
 COMPILE_MIN_WORK = 50_000_000
@@ -71,21 +73,12 @@ class DistillConfig:
     net_act: str = "relu"
     net_pooling: str = "avgpool"
     seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 0
-    real_chunk: int = 32  # >0: push the real batch through the net in chunks of this many images (cache-friendly)
-    compile: str = "auto"  # torch.compile DM's net: "on", "off", or "auto" (CPU and enough work; see COMPILE_MIN_WORK)
     # IDM's partitioning: each stored image holds factor x factor tiles, each upsampled to full size when used.
     factor: int | None = None
     # IDM's model queue (see distill_lib.idm) and its class-aware regulariser: ce_weight * (the drawn net's running
     # training accuracy, a fraction) * sum over classes of the mean cross-entropy of that net on the synthetic images.
     # The authors' code multiplies an accuracy in percent by 0.5 (0.1 at IPC 50): the same as ce_weight 50 (10) here.
-    queue_length: int = 100
-    queue_push_interval: int = 30
-    queue_train_nets: int = 2
-    queue_train_steps: int = 10
-    queue_batch: int = 256
-    queue_lr: float = 0.01
+    queue: idm.QueueSpec = idm.QueueSpec()  # validated on its own, also for DM, so a typo never hides
     ce_weight: float = 50.0
     # Class centralization (inter-sample relation), on a pretrained feature net.
     cc: bool = False
@@ -121,8 +114,9 @@ class DistillConfig:
             if not isinstance(self.factor, int) or self.factor < 1:
                 raise ValueError(f"factor must be an integer >= 1 (or None: the method's default), got {self.factor!r}")
             check_factor(self.factor, DATASETS[self.dataset].image_size, f"images of {self.dataset!r}")
-        self.queue_spec()  # validates the queue settings, also for DM, so a typo never hides
-        for name in ("momentum", "checkpoint_every", "real_chunk", "featnet_per_class", "cc_beta", "ce_weight"):
+        if not isinstance(self.queue, idm.QueueSpec):
+            raise ValueError(f"queue must be a distill_lib.idm.QueueSpec, got {self.queue!r}")
+        for name in ("momentum", "featnet_per_class", "cc_beta", "ce_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.init not in INITS:
@@ -135,8 +129,6 @@ class DistillConfig:
             raise ValueError(f"cc_form must be one of {losses.CC_FORMS}, got {self.cc_form!r}")
         augment.parse_strategy(self.dsa_strategy)
         self._check_featnet_recipe()
-        use_compile(self.compile, torch.device("cpu"), False)  # validates the mode
-        resolve_device(self.device)
 
     def _check_featnet_recipe(self) -> None:
         if self.featnet_recipe not in RECIPES:
@@ -155,11 +147,6 @@ class DistillConfig:
                                per_class=self.featnet_per_class or None, seed=self.seed)
         return recipe(self.featnet_recipe, epochs=self.featnet_epochs, seed=self.seed)
 
-    def queue_spec(self) -> idm.QueueSpec:
-        return idm.QueueSpec(length=self.queue_length, push_interval=self.queue_push_interval,
-                             train_nets=self.queue_train_nets, train_steps=self.queue_train_steps,
-                             batch=self.queue_batch, lr=self.queue_lr, seed=self.seed)
-
     def resolved(self) -> "DistillConfig":
         """This config with each None replaced by its method's default (``METHOD_DEFAULTS``): the values a run uses."""
         defaults = METHOD_DEFAULTS[self.method]
@@ -170,12 +157,13 @@ class DistillConfig:
 
         For DM it leaves out what IDM added (``method``, the IDM-only fields, and ``factor`` when it is 1), so a DM
         config keeps the cache key it had before IDM existed, and unused IDM settings never split a DM cache entry.
-        Likewise ``featnet_recipe`` when it is "default".
+        Likewise ``featnet_recipe`` when it is "default". The queue's settings appear flat (``queue_length``, ...:
+        ``QUEUE_FIELDS``), as they were before ``queue`` was nested, so IDM's keys did not change either.
         """
         values = canonical(self.resolved())
-        del values["compile"]  # changes float rounding only, like the device: one cache entry either way
         if values["featnet_recipe"] == "default":
             del values["featnet_recipe"]
+        values.update({f"queue_{name}": value for name, value in values.pop("queue").items()})
         if self.method == "dm":
             for name in ("method", *IDM_FIELDS, *(("factor",) if values["factor"] == 1 else ())):
                 del values[name]
@@ -191,22 +179,37 @@ class DistillConfig:
 
 
 def config_from_dict(values: dict) -> DistillConfig:
-    """Rebuild a config saved with a SyntheticSet or checkpoint (unknown keys are an error)."""
-    known = {f.name for f in dataclasses.fields(DistillConfig)}
-    unknown = set(values) - known
+    """Rebuild a config saved with a SyntheticSet or checkpoint (unknown keys are an error).
+
+    Configs saved before the run options moved to :class:`RunOptions` carry them (device, compile, ...): they are
+    dropped, as they never changed the result. Configs saved before ``queue`` was nested hold its settings flat
+    (queue_length, ...): they are read into ``queue``.
+    """
+    run_options = {f.name for f in dataclasses.fields(RunOptions)}
+    values = {k: v for k, v in values.items() if k not in run_options}
+    flat_queue = {k[len("queue_"):]: values.pop(k) for k in QUEUE_FIELDS if k in values}
+    if flat_queue or isinstance(values.get("queue"), dict):
+        values["queue"] = idm.QueueSpec(**{**values.get("queue", {}), **flat_queue})
+    unknown = set(values) - {f.name for f in dataclasses.fields(DistillConfig)}
     if unknown:
         raise ValueError(f"unknown DistillConfig fields {sorted(unknown)}")
     return DistillConfig(**values)
 
 
+class NonFiniteStep(ArithmeticError):
+    """A step whose loss or pixel gradient is NaN or infinite; raised before the update, the state unchanged."""
+
+
 class Distiller:
     """The state of one run: synthetic pixels, their optimiser, the embedding net (DM's reusable random net, or IDM's
-    model queue), the feature-net pool."""
+    model queue), the feature-net pool. ``options``: where and how it runs (device, compile, real_chunk)."""
 
-    def __init__(self, config: DistillConfig, data: RealData, progress: bool = True):
-        self.device = distributed.rank_device(resolve_device(config.device))
+    def __init__(self, config: DistillConfig, data: RealData, options: RunOptions = RunOptions(),
+                 progress: bool = True):
+        self.device = distributed.rank_device(resolve_device(options.device))
         distributed.setup(self.device)  # first: every process checks the same things from here on
-        distributed.check_same({"config": canonical(config), "data": _fingerprint(data)})
+        distributed.check_same({"config": canonical(config), "options": canonical(options),
+                                "data": _fingerprint(data)})
         if data.name != config.dataset:
             raise ValueError(f"config is for dataset {config.dataset!r} but data is {data.name!r}")
         resolved = config.resolved()
@@ -223,7 +226,7 @@ class Distiller:
             warnings.warn("with ipc=1 and factor 1 (DM's default), CC and CM are constants with zero gradient (one"
                           " sample is its own mean: the simplified CC is exactly 0); use IDM, whose partitioning"
                           " (factor 2) gives several samples per stored image", stacklevel=3)
-        self.config, self.data = config, data
+        self.config, self.options, self.data = config, options, data
         self.n_real = min(config.batch_real, smallest)
         if self.n_real < config.batch_real:
             warnings.warn(f"batch_real={config.batch_real} exceeds the smallest class; using {self.n_real}",
@@ -238,13 +241,13 @@ class Distiller:
         # DM's one net, compiled once: its weights are graph inputs, redrawn in place every iteration. (IDM's queue
         # holds many nets and trains them: eager.)
         work = config.iterations * data.num_classes * config.batch_real * data.image_size[0] * data.image_size[1]
-        self.compiled = config.method == "dm" and use_compile(config.compile, self.device, work >= COMPILE_MIN_WORK)
+        self.compiled = config.method == "dm" and use_compile(options.compile, self.device, work >= COMPILE_MIN_WORK)
         self._net_features = compiled(self.net.features) if self.compiled else self.net.features
         # IDM: the queue's nets are copies of self.net, trained on real data of all classes (the same on every process).
         self.queue = None
         if config.method == "idm":
             idm.check_classifier(self.net, config.model)
-            self.queue = idm.ModelQueue(self.net, data, config.queue_spec(), self.device)
+            self.queue = idm.ModelQueue(self.net, data, config.queue, config.seed, self.device)
         self.featnets = self._featnet_pool(progress) if config.cc else None
         self.images = self._initial_images().to(self.device).requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=resolved.lr_img, momentum=config.momentum)
@@ -311,7 +314,7 @@ class Distiller:
         syn = augment.apply(decode_partitions(self.images, self.factor), augment.AugDraw.cat(draws_syn))
         with torch.no_grad():
             real = augment.apply(torch.cat(real), augment.AugDraw.cat(draws_real))
-            fmap_real = self._features(net, real, self.config.real_chunk).unflatten(0, (nc, self.n_real))
+            fmap_real = self._features(net, real, self.options.real_chunk).unflatten(0, (nc, self.n_real))
         fmap_syn = self._features(net, syn).unflatten(0, (nc, n_syn))
         embed_syn = net.head(fmap_syn.flatten(0, 1))  # the model's embedding of its last feature map (flatten)
         terms = {"dm": losses.batched_dm_loss(net.head(fmap_real.flatten(0, 1)).unflatten(0, (nc, self.n_real)),
@@ -412,12 +415,6 @@ class Distiller:
         self.iteration = int(state["iteration"])
         self.history = list(state["history"])
 
-    def save_checkpoint(self, path: Path) -> None:
-        """Gather the state on every process, write it from rank 0 (atomically: the last good state survives)."""
-        state = self.state_dict()
-        if distributed.is_main():
-            atomic_save(state, path)
-
 
 def _is_per_pixel(value, images: torch.Tensor) -> bool:
     """An optimiser state tensor shaped like the images (SGD's momentum): split and gathered with them."""
@@ -439,99 +436,3 @@ def _net_kwargs(config: DistillConfig) -> dict:
         kwargs["norm"] = config.net_norm
     return kwargs
 
-
-CHECKPOINT_KEYS = ("config", "iteration", "images", "optimizer", "history")
-
-
-class NonFiniteStep(ArithmeticError):
-    """A step whose loss or pixel gradient is NaN or infinite; raised before the update, the state unchanged."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`distill`; the message says what was saved and how to continue."""
-
-
-def read_checkpoint(path: Path) -> dict:
-    """A checkpoint written by :func:`distill`; any other file is a :class:`BadFileError` saying what it is."""
-    state = load_torch(path, "distillation checkpoint")
-    if isinstance(state, dict) and {"images", "labels", "metadata"} <= state.keys():
-        raise BadFileError(path, "is a saved synthetic set, not a checkpoint (resume continues from the file written "
-                                 "to the checkpoint path, --checkpoint)")
-    if not isinstance(state, dict) or not set(CHECKPOINT_KEYS) <= state.keys():
-        raise BadFileError(path, f"is not a distillation checkpoint (needs {', '.join(CHECKPOINT_KEYS)})")
-    return state
-
-
-def distill(config: DistillConfig, data: RealData, checkpoint: str | Path | None = None, resume: bool = False,
-            progress: bool = True) -> SyntheticSet:
-    """Run (or continue) a distillation and return the synthetic set.
-
-    ``checkpoint``: a file written atomically every ``config.checkpoint_every`` iterations, at the end, and when the
-    run is interrupted (Ctrl-C, which raises :class:`Interrupted`). ``resume=True`` continues from it when it exists,
-    to exactly the result an uninterrupted run would give. A loss term or pixel that turns NaN or infinite stops the
-    run with a ``ValueError`` naming the iteration and the term; with a checkpoint path, the state before that step
-    (the last finite one; see :meth:`Distiller.step`) is written there first.
-
-    Under torchrun every process calls this with the same arguments: each holds its share of the classes, rank 0
-    reads and writes the checkpoint and shows progress, and all return the whole set. A checkpoint resumes at any
-    number of processes. On Ctrl-C with several processes the last periodic checkpoint is the state kept.
-    """
-    if config.checkpoint_every and checkpoint is None:
-        raise ValueError("checkpoint_every > 0 needs a checkpoint path")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs a checkpoint path")
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-    run = Distiller(config, data, progress)
-    if resume:
-        state = distributed.from_main(lambda: read_checkpoint(checkpoint) if checkpoint.exists() else None)
-        if state is not None:
-            try:
-                run.load_state_dict(state)
-            except (KeyError, RuntimeError, TypeError, IndexError) as err:  # right keys, wrong contents
-                raise BadFileError(checkpoint, f"holds a damaged checkpoint ({type(err).__name__}: {err})") from None
-    if run.iteration > config.iterations:
-        raise ValueError(f"checkpoint is at iteration {run.iteration}, beyond iterations={config.iterations}")
-    bar = tqdm(total=config.iterations, initial=run.iteration, desc=f"distill {config.dataset} ipc{config.ipc}",
-               disable=not (progress and distributed.is_main()))
-    if run.queue is not None and not bar.disable:
-        tqdm.write(config.queue_spec().cost(), file=sys.stderr)
-        run.queue.on_step = bar.set_postfix_str
-    try:
-        while run.iteration < config.iterations:
-            try:
-                record = run.step()
-            except NonFiniteStep as err:
-                if checkpoint is not None:
-                    run.save_checkpoint(checkpoint)  # the step left the state as it was: the last finite one
-                kept = (f"the last finite state (iteration {run.iteration}) is saved in {checkpoint}"
-                        if checkpoint is not None else "no checkpoint was kept (a checkpoint path, --checkpoint, "
-                                                       "keeps the last finite state)")
-                raise ValueError(f"{err}; stopped ({kept}). A smaller lr_img (--lr-img) or smaller loss weights "
-                                 f"usually keep the run finite") from None
-            bar.update(1)
-            if run.iteration % 10 == 0 or run.iteration == config.iterations:
-                bar.set_postfix(loss=f"{record['loss']:.4g}")
-            if checkpoint is not None and config.checkpoint_every and run.iteration % config.checkpoint_every == 0:
-                run.save_checkpoint(checkpoint)
-    except distributed.PeerFailure as err:
-        if checkpoint is None:
-            raise
-        raise distributed.PeerFailure(f"{err}. {checkpoint} keeps the last saved state: run the same command with "
-                                      f"resume (--resume), at any number of processes") from err
-    except KeyboardInterrupt:
-        if checkpoint is None:
-            raise Interrupted(f"interrupted at iteration {run.iteration}; nothing saved (a checkpoint path, "
-                              f"--checkpoint, keeps the state for resume)") from None
-        if distributed.active():  # the others may be an iteration apart or gone: no collective save is safe
-            message = f"interrupted at iteration {run.iteration}; {checkpoint} keeps the last periodic checkpoint"
-        else:
-            run.save_checkpoint(checkpoint)
-            message = f"interrupted at iteration {run.iteration}; state saved to {checkpoint}"
-        message += ": run the same command with resume (--resume) to continue"
-        warnings.warn(message)
-        raise Interrupted(message) from None
-    finally:
-        bar.close()
-    if checkpoint is not None:
-        run.save_checkpoint(checkpoint)
-    return run.result()

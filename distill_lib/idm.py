@@ -8,8 +8,8 @@ real batches of all classes, with the library's one training loop (:func:`distil
 accuracy on its most recent training batches weights IDM's class-aware regulariser (the cross-entropy of that net
 on the synthetic images), so a net that still guesses contributes nothing.
 
-Every draw comes from a stream of (seed, purpose, net serial or iteration[, slot]): the queue depends only on the
-seed and the real data of *all* classes, never on which classes a process distills, so every process of a
+Every draw comes from a stream of (the run's seed, purpose, net serial or iteration[, slot]): the queue depends only
+on the seed and the real data of *all* classes, never on which classes a process distills, so every process of a
 class-sharded run holds the same queue. :meth:`ModelQueue.state_dict` goes into the Distiller's checkpoint, so a
 resumed run equals an uninterrupted one.
 
@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from . import seeding
+from .cache import check_finite_fields
 from .data import RealData
 from .train import TrainSpec, train_steps
 
@@ -43,10 +44,10 @@ class QueueSpec:
     train_steps: int = 10    # SGD steps per trained net per iteration
     batch: int = 256         # real images (all classes) per SGD step
     lr: float = 0.01
-    seed: int = 0
 
     def __post_init__(self):
-        # Messages name the DistillConfig fields (queue_<name>), which is where users set these.
+        # Messages name the command line's flags (--queue-<name>), DistillConfig.queue's fields with that prefix.
+        check_finite_fields(self)
         for name in ("length", "push_interval", "train_nets", "train_steps", "batch"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -90,11 +91,11 @@ def check_classifier(net: nn.Module, name: str = "") -> None:
 class ModelQueue:
     """The nets, oldest first, with the push / sample / train schedule described in the module docstring."""
 
-    def __init__(self, template: nn.Module, data: RealData, spec: QueueSpec, device="cpu"):
+    def __init__(self, template: nn.Module, data: RealData, spec: QueueSpec, seed: int = 0, device="cpu"):
         check_classifier(template)
         self.template = copy.deepcopy(template).to(device=device, memory_format=torch.contiguous_format)
         self.template.requires_grad_(False)
-        self.data, self.spec, self.device = data, spec, torch.device(device)
+        self.data, self.spec, self.seed, self.device = data, spec, seed, torch.device(device)
         self.members: list[Member] = []
         self.born = 0  # nets pushed so far, i.e. the serial of the next one
         self.on_step: Callable[[str], None] | None = None  # told "queue net k/n, step s/S" after each SGD step
@@ -109,7 +110,7 @@ class ModelQueue:
         if len(self.members) == self.spec.length:
             self.members.pop(0)
         net = copy.deepcopy(self.template)
-        net.reset_parameters(seeding.generator(self.spec.seed, seeding.QUEUE_NET_INIT, self.born))
+        net.reset_parameters(seeding.generator(self.seed, seeding.QUEUE_NET_INIT, self.born))
         member = Member(net, self.spec.train_spec().optimizer(net), self.born)
         self.members.append(member)
         self.born += 1
@@ -122,20 +123,20 @@ class ModelQueue:
 
     def sample(self, iteration: int) -> Member:
         """The member that embeds at ``iteration`` (eval mode); the same one every time it is asked."""
-        g = seeding.generator(self.spec.seed, seeding.QUEUE_SAMPLE, iteration)
+        g = seeding.generator(self.seed, seeding.QUEUE_SAMPLE, iteration)
         member = self.members[int(torch.randint(len(self.members), (1,), generator=g))]
         member.net.eval()
         return member
 
     def trained_at(self, iteration: int) -> list[int]:
         """Indices (into ``members``) of the distinct nets trained at ``iteration``, in training order."""
-        g = seeding.generator(self.spec.seed, seeding.QUEUE_TRAIN, iteration)
+        g = seeding.generator(self.seed, seeding.QUEUE_TRAIN, iteration)
         return torch.randperm(len(self.members), generator=g)[:self.spec.train_nets].tolist()
 
     def real_batches(self, iteration: int, slot: int):
         """The ``train_steps`` real batches (normalised images, labels) for the ``slot``-th net trained at
         ``iteration``: each ``batch`` distinct training images of any class, drawn uniformly."""
-        g = seeding.generator(self.spec.seed, seeding.QUEUE_TRAIN, iteration, slot)
+        g = seeding.generator(self.seed, seeding.QUEUE_TRAIN, iteration, slot)
         n = len(self.data.x_train)
         for _ in range(self.spec.train_steps):
             idx = torch.randperm(n, generator=g)[:self.spec.batch]
@@ -148,7 +149,7 @@ class ModelQueue:
             member.net.requires_grad_(True)
             try:
                 _, member.accuracy = train_steps(member.net, member.optimizer, self._reported(iteration, slot),
-                                                 seeding.generator(self.spec.seed, seeding.QUEUE_TRAIN, iteration,
+                                                 seeding.generator(self.seed, seeding.QUEUE_TRAIN, iteration,
                                                                    slot, 1))
             finally:
                 member.net.requires_grad_(False)  # only the synthetic pixels get gradients while matching

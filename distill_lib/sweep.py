@@ -27,6 +27,7 @@ from .data import RealData, load_dataset
 from .distill import DistillConfig, Distiller
 from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
 from .featnet import FeatNetPool, FeatNetSpec, pretrain
+from .options import RunOptions
 from .synthetic import SyntheticSet
 from .train import resolve_device
 
@@ -37,12 +38,14 @@ METHODS = ("distill", "random", "init")
 class Cell:
     """One measurement: ``method`` 'distill' runs ``config``; 'random' is the random subset of ``config.ipc``;
     'init' is the set ``config``'s distillation starts from (0 iterations), which separates "which real images were
-    drawn" from "what distillation changed" when a distilled set is compared with a random subset."""
+    drawn" from "what distillation changed" when a distilled set is compared with a random subset. ``options``: how
+    its set is distilled (device, compile, ...); not part of its key, as it does not change the result."""
 
     config: DistillConfig
     protocol: EvalProtocol
     method: str = "distill"
     validation: int = 0  # >0: hold out this many training images per class and test on them
+    options: RunOptions = RunOptions()
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -106,7 +109,7 @@ def synthetic_sets(cell: Cell, iterations: list[int], root=None,
             nonlocal data
             if data is None:
                 data = cell_data(cell, root)
-            run = Distiller(config, data, progress=False)
+            run = Distiller(config, data, cell.options, progress=False)
             previous = previous or longest_cached_shorter(config.iterations)
             if previous is not None:
                 run.load_state_dict(previous)
@@ -128,7 +131,8 @@ def synthetic_set(cell: Cell, root=None, cache: DiskCache | None = None) -> Synt
     if cell.method == "random":
         return random_subset(cell_data(cell, root), cell.config.ipc, cell.config.seed)
     if cell.method == "init":  # no CC/CM: their feature nets do not change the starting images
-        return Distiller(replace(cell.config, cc=False, cm=False), cell_data(cell, root), progress=False).result()
+        return Distiller(replace(cell.config, cc=False, cm=False), cell_data(cell, root), cell.options,
+                         progress=False).result()
     return synthetic_sets(cell, [cell.config.iterations], root, cache)[cell.config.iterations]
 
 

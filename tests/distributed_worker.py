@@ -19,16 +19,21 @@ import torch
 
 from distill_lib import distributed
 from distill_lib.data import from_arrays, load_dataset
-from distill_lib.distill import DistillConfig, Distiller, distill
+from distill_lib.distill import DistillConfig, Distiller
 from distill_lib.evaluate import EvalProtocol, evaluate, random_subset
+from distill_lib.idm import QueueSpec
+from distill_lib.options import RunOptions
+from distill_lib.runner import distill
 from distill_lib.sweep import grid, sweep
 
 torch.set_num_threads(1)
-TINY = dict(dataset="digits", ipc=3, iterations=6, batch_real=8, net_width=8, device="cpu")
+TINY = dict(dataset="digits", ipc=3, iterations=6, batch_real=8, net_width=8)
+CPU = RunOptions(device="cpu")
+EVERY_2 = RunOptions(device="cpu", checkpoint_every=2)  # a checkpoint every 2 iterations
 FEATNET = dict(featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
 # IDM+CC+CM with a short queue that pushes, trains and is drawn from within 4 iterations.
-IDM = dict(method="idm", cc=True, cm=True, queue_length=3, queue_push_interval=2, queue_train_nets=1,
-           queue_train_steps=1, queue_batch=16)
+IDM = dict(method="idm", cc=True, cm=True, queue=QueueSpec(length=3, push_interval=2, train_nets=1, train_steps=1,
+                                                            batch=16))
 TINY_EVAL = EvalProtocol(model="mlp", epochs=30, num_models=3, device="cpu")  # 3 distinct accuracies on digits
 
 
@@ -50,12 +55,12 @@ def main_scenario(out: Path) -> None:
     digits = load_dataset("digits")
     one_class = from_arrays("digits", digits.x_train[digits.y_train == 0], digits.y_train[digits.y_train == 0],
                             digits.x_test[digits.y_test == 0], digits.y_test[digits.y_test == 0], ["0"])
-    bad_input(out, "classes", lambda: distill(tiny(), one_class, progress=False))
+    bad_input(out, "classes", lambda: distill(tiny(), one_class, options=CPU, progress=False))
 
-    full = distill(tiny(iterations=4, cc=True, cm=True, **FEATNET), digits, progress=False)
-    idm = distill(tiny(iterations=4, **IDM, **FEATNET), digits, progress=False)
-    part = distill(tiny(iterations=3, checkpoint_every=2), digits, checkpoint=out / "two_procs.pt", progress=False)
-    resumed = distill(tiny(), digits, checkpoint=out / "one_proc.pt", resume=True, progress=False)
+    full = distill(tiny(iterations=4, cc=True, cm=True, **FEATNET), digits, options=CPU, progress=False)
+    idm = distill(tiny(iterations=4, **IDM, **FEATNET), digits, options=CPU, progress=False)
+    part = distill(tiny(iterations=3), digits, checkpoint=out / "two_procs.pt", options=EVERY_2, progress=False)
+    resumed = distill(tiny(), digits, checkpoint=out / "one_proc.pt", resume=True, options=CPU, progress=False)
     accuracies = evaluate(random_subset(digits, 2), digits, TINY_EVAL).accuracies
     records = sweep(grid(tiny(iterations=2), seed=[0, 1, 2]), TINY_EVAL)
     if distributed.is_main():
@@ -76,7 +81,7 @@ def kill_scenario(out: Path) -> None:
         return real_step(self)
 
     Distiller.step = step
-    distill(tiny(checkpoint_every=2), load_dataset("digits"), checkpoint=out / "killed.pt", progress=False)
+    distill(tiny(), load_dataset("digits"), checkpoint=out / "killed.pt", options=EVERY_2, progress=False)
 
 
 if __name__ == "__main__":

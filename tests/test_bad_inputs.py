@@ -23,7 +23,8 @@ import distill_lib.cli as cli
 from distill_lib.cache import DiskCache
 from distill_lib.cli import main
 from distill_lib.data import load_dataset
-from distill_lib.distill import Distiller, read_checkpoint
+from distill_lib.distill import Distiller
+from distill_lib.runner import read_checkpoint
 from distill_lib.featnet import FeatNetSpec, cache_key
 from distill_lib.synthetic import SyntheticSet
 

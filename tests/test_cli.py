@@ -15,11 +15,14 @@ import sys
 import pytest
 import torch
 
+from distill_lib import cli
+from distill_lib.cache import canonical
 from distill_lib.cli import main, parser
 from distill_lib.data import load_dataset
 from distill_lib.distill import DistillConfig
 from distill_lib.evaluate import EvalProtocol
 from distill_lib.models import ACTIVATIONS, MODEL_NAMES, NORMS
+from distill_lib.options import RunOptions
 from distill_lib.synthetic import SyntheticSet
 
 TINY_DISTILL = ["--dataset", "digits", "--iterations", "3", "--ipc", "2", "--batch-real", "8", "--net-width", "8",
@@ -76,11 +79,13 @@ def subprocess_env() -> dict:
     ([], ["distill", "evaluate", "run"]),
     (["distill"], ["--dataset", "--ipc", "--iterations", "--batch-real", "--net-width", "--lr-img", "--init",
                    "--cc", "--cm", "--out", "--checkpoint", "--resume", "--data-root", "--download",
-                   "--no-progress", "digits", "cifar10"]),
+                   "--no-progress", "digits", "cifar10", "--device", "--compile", "--real-chunk",
+                   "--checkpoint-every"]),
     (["evaluate"], ["--syn", "--random-subset", "--dataset", "--subset-seed", "--eval-epochs", "--eval-num-models",
                     "--eval-model", "--eval-lr", "--eval-dsa", "--no-eval-dsa", "--eval-seed", "--data-root"]),
     (["run"], ["--dataset", "--ipc", "--iterations", "--cc", "--cm", "--eval-epochs", "--eval-num-models", "--out",
-               "--no-progress"]),
+               "--no-progress", "--device", "--compile", "--real-chunk", "--checkpoint-every", "--eval-device",
+               "--eval-compile"]),
 ])
 def test_help_exits_0_and_names_the_options(argv, expected, capsys):
     with pytest.raises(SystemExit) as info:
@@ -112,6 +117,30 @@ def test_a_command_is_required(capsys):
         main([])
     assert info.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_run_option_flags_reach_run_options_not_the_config(monkeypatch, tmp_path):
+    """--device, --compile, --real-chunk and --checkpoint-every stay flat flags; they reach distill() as RunOptions
+    and leave the config (what is computed, and what the saved set records) as it is without them."""
+    calls = []
+    real_distill = cli.distill
+
+    def recording(config, data, checkpoint, resume, progress, options):
+        calls.append((config, options))
+        return real_distill(config, data, checkpoint, resume, progress, options)
+
+    monkeypatch.setattr(cli, "distill", recording)
+    out = tmp_path / "syn.pt"
+    argv = ["distill", *TINY_DISTILL, "--compile", "off", "--real-chunk", "0", "--checkpoint-every", "2",
+            "--checkpoint", str(tmp_path / "ck.pt"), "--out", str(out)]
+    assert main(argv) == 0
+    (config, options), = calls
+    assert options == RunOptions(device="cpu", compile="off", real_chunk=0, checkpoint_every=2)
+    assert config == DistillConfig(dataset="digits", iterations=3, ipc=2, batch_real=8, net_width=8)
+    assert SyntheticSet.load(out).config == canonical(config)
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["distill", *TINY_DISTILL, "--checkpoint-every", "2", "--out", str(out)]) == 2
+    assert "checkpoint_every > 0 needs a checkpoint path" in err.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------ distill

@@ -12,14 +12,18 @@ from distill_lib.cache import DiskCache
 from distill_lib.continual import (BUILDERS, Builder, Scenario, build_memory, herding, make_scenario, memory_union,
                                    run_continual)
 from distill_lib.data import RealData
-from distill_lib.distill import DistillConfig, Distiller, distill
+from distill_lib.distill import DistillConfig, Distiller
 from distill_lib.evaluate import random_subset
+from distill_lib.options import RunOptions
+from distill_lib.runner import distill, save_checkpoint
 from distill_lib.train import TrainSpec, predict
 
-TINY_DM = DistillConfig(iterations=2, batch_real=8, net_width=8, device="cpu", featnet_arch="convnet",
-                        featnet_epochs=1, featnet_per_class=20)
+TINY_DM = DistillConfig(iterations=2, batch_real=8, net_width=8, featnet_arch="convnet", featnet_epochs=1,
+                        featnet_per_class=20)
+CPU = RunOptions(device="cpu")
 BUILDER = {"random": Builder("random"), "herding": Builder("herding", feature_model="mlp"),
-           "dm": Builder("dm", dm_config=TINY_DM), "dm_cc_cm": Builder("dm_cc_cm", dm_config=TINY_DM)}
+           "dm": Builder("dm", dm_config=TINY_DM, dm_options=CPU),
+           "dm_cc_cm": Builder("dm_cc_cm", dm_config=TINY_DM, dm_options=CPU)}
 FAST = TrainSpec(epochs=30, lr=0.05, batch_size=64)
 
 
@@ -95,7 +99,7 @@ def test_random_memory_is_the_random_subset_baseline(digits):
 
 def test_dm_memory_is_the_rows_of_the_whole_distillation(digits):
     memory = build_memory(digits, [2, 5], BUILDER["dm"], ipc=2, seed=0)
-    whole = distill(BUILDER["dm"].distill_config("digits", 2, 0), digits, progress=False)
+    whole = distill(BUILDER["dm"].distill_config("digits", 2, 0), digits, options=CPU, progress=False)
     keep = torch.isin(whole.labels, torch.tensor([2, 5]))
     assert torch.equal(memory.images, whole.images[keep])
 
@@ -107,7 +111,7 @@ def test_dm_rows_of_a_class_depend_only_on_that_class(digits):
     other = RealData("digits", changed, digits.y_train, digits.x_test, digits.y_test, digits.classes, digits.mean,
                      digits.std)
     config = dataclasses.replace(TINY_DM, ipc=2, cm=True)
-    a, b = distill(config, digits, progress=False), distill(config, other, progress=False)
+    a, b = distill(config, digits, options=CPU, progress=False), distill(config, other, options=CPU, progress=False)
     assert torch.equal(a.images[2:], b.images[2:])
     assert not torch.equal(a.images[:2], b.images[:2])
 
@@ -230,16 +234,17 @@ def test_cache_hit_for_herding(digits, monkeypatch):
 
 def test_interrupted_distillation_resumes_from_its_checkpoint(digits, monkeypatch):
     """A DM memory interrupted mid-run continues from the checkpoint beside the cache entry, to the same images."""
-    builder = Builder("dm", dm_config=dataclasses.replace(TINY_DM, iterations=25))
-    expected = distill(builder.distill_config("digits", 2, 0), digits, progress=False).images
+    builder = Builder("dm", dm_config=dataclasses.replace(TINY_DM, iterations=25), dm_options=CPU)
+    expected = distill(builder.distill_config("digits", 2, 0), digits, options=CPU, progress=False).images
     steps = []
     original = continual.distill
 
-    def interrupted(config, data, checkpoint, resume, progress):
-        run = Distiller(config, data, progress)
+    def interrupted(config, data, checkpoint, resume, progress, options):
+        assert options == RunOptions(device="cpu", checkpoint_every=10)  # the builder's, saving every 10 iterations
+        run = Distiller(config, data, options, progress)
         while run.iteration < 12:
             run.step()
-        run.save_checkpoint(checkpoint)  # what distill() does on Ctrl-C at iteration 12 (last periodic save: 10)
+        save_checkpoint(run, checkpoint)  # what distill() does on Ctrl-C at iteration 12 (last periodic save: 10)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(continual, "distill", interrupted)
@@ -247,9 +252,9 @@ def test_interrupted_distillation_resumes_from_its_checkpoint(digits, monkeypatc
         build_memory(digits, [1, 4], builder, ipc=2)
     assert len(list(DiskCache("continual").dir.glob("*.ckpt"))) == 1
 
-    def resumed(config, data, checkpoint, resume, progress):
+    def resumed(config, data, checkpoint, resume, progress, options):
         steps.append(torch.load(checkpoint, weights_only=True)["iteration"])
-        return original(config, data, checkpoint=checkpoint, resume=resume, progress=progress)
+        return original(config, data, checkpoint=checkpoint, resume=resume, progress=progress, options=options)
 
     monkeypatch.setattr(continual, "distill", resumed)
     memory = build_memory(digits, [1, 4], builder, ipc=2)

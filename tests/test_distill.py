@@ -14,11 +14,15 @@ import torch.nn.functional as F
 
 from distill_lib import losses, reference, seeding
 from distill_lib.cache import canonical
-from distill_lib.distill import DistillConfig, Distiller, config_from_dict, distill
+from distill_lib.distill import DistillConfig, Distiller, config_from_dict
+from distill_lib.options import RunOptions
+from distill_lib.runner import distill
 from distill_lib.synthetic import SyntheticSet, decode_partitions
 from distill_lib.train import compile_available
 
-TINY = dict(dataset="digits", ipc=3, iterations=4, batch_real=8, net_width=8, device="cpu")
+TINY = dict(dataset="digits", ipc=3, iterations=4, batch_real=8, net_width=8)
+CPU = RunOptions(device="cpu")
+EVERY_2 = RunOptions(device="cpu", checkpoint_every=2)  # a checkpoint every 2 iterations
 FEATNET = dict(featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
 
 
@@ -56,7 +60,7 @@ def check_against_reference(run: Distiller, iterations, atol: float = 1e-7):
 @pytest.mark.parametrize("extra", [dict(), dict(cm=True), dict(cm=True, init="noise", ipc=2, batch_real=5)],
                          ids=["dm", "dm+cm", "dm+cm-noise"])
 def test_loss_terms_equal_per_class_reference(digits, extra):
-    run = Distiller(tiny(**extra), digits, progress=False)
+    run = Distiller(tiny(**extra), digits, options=CPU, progress=False)
     run.step()
     run.step()  # move the pixels off their initialisation
     check_against_reference(run, range(6))  # several iterations: several augmentation families
@@ -65,7 +69,7 @@ def test_loss_terms_equal_per_class_reference(digits, extra):
 @pytest.mark.parametrize("form, alpha, pool", [("simplified", 1.0, 1), ("paper", 1e-3, 1), ("simplified", 1.0, 2)])
 def test_loss_terms_with_cc_equal_per_class_reference(digits, form, alpha, pool):
     cfg = tiny(cc=True, cm=True, cc_form=form, cc_alpha=alpha, featnet_pool=pool, **FEATNET)
-    run = Distiller(cfg, digits, progress=False)
+    run = Distiller(cfg, digits, options=CPU, progress=False)
     run.step()
     iterations = [1, 2, 6]  # with a pool of two, FEATNET_DRAW picks net 0 at iterations 1 and 2 and net 1 at 6
     picks = {int(torch.randint(2, (1,), generator=seeding.generator(0, seeding.FEATNET_DRAW, it))) for it in iterations}
@@ -77,27 +81,26 @@ def test_loss_terms_with_cc_equal_per_class_reference(digits, form, alpha, pool)
 def test_compiled_net_gives_the_reference_terms_and_the_eager_run(digits):
     """compile="on" (DM's net through torch.compile, weights redrawn in place each iteration) computes the same loss
     terms and gradients as the per-class loop, and two steps give the eager run's pixels."""
-    eager = Distiller(tiny(cm=True), digits, progress=False)
-    fast = Distiller(tiny(cm=True, compile="on"), digits, progress=False)
+    eager = Distiller(tiny(cm=True), digits, options=CPU, progress=False)
+    fast = Distiller(tiny(cm=True), digits, options=RunOptions(device="cpu", compile="on"), progress=False)
     assert fast.compiled and not eager.compiled
     for run in (eager, fast):
         run.step()
         run.step()
     torch.testing.assert_close(fast.images, eager.images, rtol=1e-5, atol=1e-6)
     check_against_reference(fast, range(2, 5))
-    assert fast.config.identity() == eager.config.identity()  # one cache entry either way
 
 
 def test_compile_auto_only_for_enough_dm_work(digits):
-    assert not Distiller(tiny(), digits, progress=False).compiled  # tests, quick notebooks: eager
+    assert not Distiller(tiny(), digits, options=CPU, progress=False).compiled  # tests, quick notebooks: eager
     big = tiny(iterations=200, batch_real=128)  # 200 x 10 classes x 128 x 16x16 pixels >= COMPILE_MIN_WORK
-    assert Distiller(big, digits, progress=False).compiled == compile_available()
-    assert not Distiller(dataclasses.replace(big, compile="off"), digits, progress=False).compiled
+    assert Distiller(big, digits, options=CPU, progress=False).compiled == compile_available()
+    assert not Distiller(big, digits, options=RunOptions(device="cpu", compile="off"), progress=False).compiled
 
 
 def test_reference_is_not_vacuous(digits):
     """The reference depends on the iteration's streams: another iteration's net/batch gives other numbers."""
-    run = Distiller(tiny(cm=True), digits, progress=False)
+    run = Distiller(tiny(cm=True), digits, options=CPU, progress=False)
     a, b = reference.loss_terms(run, 0), reference.loss_terms(run, 1)
     assert not torch.isclose(a["dm"], b["dm"], rtol=1e-3)
     assert not torch.isclose(a["cm"], b["cm"], rtol=1e-3)
@@ -106,52 +109,52 @@ def test_reference_is_not_vacuous(digits):
 # ---------------------------------------------------------------- determinism and resume
 
 def test_same_config_same_images_other_seed_differs(digits):
-    a = distill(tiny(), digits, progress=False)
-    b = distill(tiny(), digits, progress=False)
-    c = distill(tiny(seed=1), digits, progress=False)
+    a = distill(tiny(), digits, options=CPU, progress=False)
+    b = distill(tiny(), digits, options=CPU, progress=False)
+    c = distill(tiny(seed=1), digits, options=CPU, progress=False)
     assert torch.equal(a.images, b.images)
     assert losses_of(a.history) == losses_of(b.history)
     assert not torch.equal(a.images, c.images)
     # the pixels moved away from the (deterministic) real initialisation
-    init = Distiller(tiny(), digits, progress=False).images.detach()
+    init = Distiller(tiny(), digits, options=CPU, progress=False).images.detach()
     assert not torch.equal(a.images, init)
 
 
 def test_resume_equals_uninterrupted(digits, tmp_path):
-    full = distill(tiny(iterations=6, checkpoint_every=2), digits, checkpoint=tmp_path / "full.pt", progress=False)
-    plain = distill(tiny(iterations=6), digits, progress=False)
+    full = distill(tiny(iterations=6), digits, checkpoint=tmp_path / "full.pt", options=EVERY_2, progress=False)
+    plain = distill(tiny(iterations=6), digits, options=CPU, progress=False)
     assert torch.equal(full.images, plain.images)
 
     ckpt = tmp_path / "part.pt"
-    part = distill(tiny(iterations=3, checkpoint_every=2), digits, checkpoint=ckpt, progress=False)
+    part = distill(tiny(iterations=3), digits, checkpoint=ckpt, options=EVERY_2, progress=False)
     assert len(part.history) == 3
     state = torch.load(ckpt, weights_only=True)
     assert state["iteration"] == 3  # the final save, not only the every-2 one
-    resumed = distill(tiny(iterations=6, checkpoint_every=2), digits, checkpoint=ckpt, resume=True, progress=False)
+    resumed = distill(tiny(iterations=6), digits, checkpoint=ckpt, resume=True, options=EVERY_2, progress=False)
     assert torch.equal(resumed.images, full.images)
     assert losses_of(resumed.history) == losses_of(full.history)
     assert [r["iteration"] for r in resumed.history] == list(range(6))
 
     # resuming a finished run is a no-op that returns the same result
-    again = distill(tiny(iterations=6), digits, checkpoint=ckpt, resume=True, progress=False)
+    again = distill(tiny(iterations=6), digits, checkpoint=ckpt, resume=True, options=CPU, progress=False)
     assert torch.equal(again.images, full.images)
     # a checkpoint beyond the requested iterations is an error
     with pytest.raises(ValueError, match="beyond iterations"):
-        distill(tiny(iterations=5), digits, checkpoint=ckpt, resume=True, progress=False)
+        distill(tiny(iterations=5), digits, checkpoint=ckpt, resume=True, options=CPU, progress=False)
 
 
 def test_resume_from_other_config_names_the_field(digits, tmp_path):
     ckpt = tmp_path / "ckpt.pt"
-    distill(tiny(iterations=2), digits, checkpoint=ckpt, progress=False)
+    distill(tiny(iterations=2), digits, checkpoint=ckpt, options=CPU, progress=False)
     with pytest.raises(ValueError, match="lr_img"):
-        distill(tiny(iterations=4, lr_img=0.5), digits, checkpoint=ckpt, resume=True, progress=False)
+        distill(tiny(iterations=4, lr_img=0.5), digits, checkpoint=ckpt, resume=True, options=CPU, progress=False)
     with pytest.raises(ValueError, match="seed") as err:
-        distill(tiny(iterations=4, seed=3), digits, checkpoint=ckpt, resume=True, progress=False)
+        distill(tiny(iterations=4, seed=3), digits, checkpoint=ckpt, resume=True, options=CPU, progress=False)
     assert "lr_img" not in str(err.value)
 
 
 def test_keyboard_interrupt_saves_checkpoint_and_resume_finishes(digits, tmp_path, monkeypatch):
-    full = distill(tiny(iterations=6), digits, progress=False)
+    full = distill(tiny(iterations=6), digits, options=CPU, progress=False)
     real_step, calls = Distiller.step, []
 
     def flaky_step(self):
@@ -163,12 +166,12 @@ def test_keyboard_interrupt_saves_checkpoint_and_resume_finishes(digits, tmp_pat
     ckpt = tmp_path / "ckpt.pt"
     monkeypatch.setattr(Distiller, "step", flaky_step)
     with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="interrupted at iteration 3"):
-        distill(tiny(iterations=6), digits, checkpoint=ckpt, progress=False)
+        distill(tiny(iterations=6), digits, checkpoint=ckpt, options=CPU, progress=False)
     monkeypatch.undo()
     state = torch.load(ckpt, weights_only=True)
     assert state["iteration"] == 3 and len(state["history"]) == 3
 
-    resumed = distill(tiny(iterations=6), digits, checkpoint=ckpt, resume=True, progress=False)
+    resumed = distill(tiny(iterations=6), digits, checkpoint=ckpt, resume=True, options=CPU, progress=False)
     assert torch.equal(resumed.images, full.images)
     assert losses_of(resumed.history) == losses_of(full.history)
 
@@ -186,24 +189,51 @@ def test_keyboard_interrupt_saves_checkpoint_and_resume_finishes(digits, tmp_pat
     (dict(init="zeros"), "init"),
     (dict(cc_form="exp"), "cc_form"),
     (dict(net_norm="weird"), "net_norm"),
-    (dict(compile="yes"), "compile"),
 ])
 def test_bad_config_raises(overrides, match):
     with pytest.raises(ValueError, match=match):
         tiny(**overrides)
 
 
+@pytest.mark.parametrize("overrides, match", [
+    (dict(compile="yes"), "compile"),
+    (dict(device="gpu0"), "unknown device"),
+    (dict(real_chunk=-1), "real_chunk"),
+    (dict(checkpoint_every=-2), "checkpoint_every"),
+])
+def test_bad_run_options_raise(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        RunOptions(**overrides)
+
+
+def test_run_options_are_not_part_of_the_config(digits):
+    """Device, compile, chunking and checkpoint cadence change how a run executes, not its result: they are no config
+    fields, so no identity (cache key, checkpoint check) holds them, and a config saved with them (every set,
+    checkpoint and cache entry written before they moved to RunOptions) still loads, to the same identity."""
+    run_fields = {f.name for f in dataclasses.fields(RunOptions)}
+    assert run_fields == {"device", "compile", "real_chunk", "checkpoint_every"}
+    assert not run_fields & {f.name for f in dataclasses.fields(DistillConfig)}
+    assert not run_fields & tiny().identity().keys() and not run_fields & tiny(method="idm").identity().keys()
+    old = {**canonical(tiny()), "device": "cpu", "compile": "off", "real_chunk": 0, "checkpoint_every": 5}
+    assert config_from_dict(old) == tiny() and config_from_dict(old).identity() == tiny().identity()
+    # the same result under other options, to float rounding (chunks and eager kernels against the default run)
+    default = distill(tiny(), digits, options=CPU, progress=False)
+    other = distill(tiny(), digits, options=RunOptions(device="cpu", compile="off", real_chunk=5), progress=False)
+    torch.testing.assert_close(other.images, default.images, rtol=1e-4, atol=1e-5)
+    assert other.config == default.config  # what the set records of its run: the config only
+
+
 def test_bad_run_arguments_raise(digits, tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
-        distill(tiny(model="resnet1000"), digits, progress=False)
+        distill(tiny(model="resnet1000"), digits, options=CPU, progress=False)
     with pytest.raises(ValueError, match="larger than the smallest class"):
-        distill(tiny(ipc=10_000), digits, progress=False)
+        distill(tiny(ipc=10_000), digits, options=CPU, progress=False)
     with pytest.raises(ValueError, match="checkpoint path"):
-        distill(tiny(checkpoint_every=2), digits, progress=False)
+        distill(tiny(), digits, options=EVERY_2, progress=False)
     with pytest.raises(ValueError, match="checkpoint path"):
-        distill(tiny(), digits, resume=True, progress=False)
+        distill(tiny(), digits, resume=True, options=CPU, progress=False)
     with pytest.raises(ValueError, match="dataset"):
-        distill(tiny(dataset="mnist"), digits, progress=False)  # config and data disagree
+        distill(tiny(dataset="mnist"), digits, options=CPU, progress=False)  # config and data disagree
     with pytest.raises(ValueError, match="unknown DistillConfig fields"):
         config_from_dict({**canonical(tiny()), "lr": 1.0})
     assert config_from_dict(canonical(tiny())) == tiny()
@@ -214,13 +244,13 @@ def test_bad_run_arguments_raise(digits, tmp_path):
 def test_ipc1_with_cc_and_cm_warns_and_cc_is_zero(digits):
     cfg = tiny(ipc=1, iterations=2, cc=True, cm=True, **FEATNET)
     with pytest.warns(UserWarning, match="ipc=1"):
-        result = distill(cfg, digits, progress=False)
+        result = distill(cfg, digits, options=CPU, progress=False)
     assert [r["cc"] for r in result.history] == [0.0, 0.0]
     assert all(r["cm"] > 0 for r in result.history)  # the constant ||Sigma_real||_F^2
     # CM contributes no gradient to the pixels: dm+cm gives the same step as dm alone
     with pytest.warns(UserWarning, match="ipc=1"):
-        with_cm = Distiller(tiny(ipc=1, cm=True), digits, progress=False)
-    dm_only = Distiller(tiny(ipc=1), digits, progress=False)
+        with_cm = Distiller(tiny(ipc=1, cm=True), digits, options=CPU, progress=False)
+    dm_only = Distiller(tiny(ipc=1), digits, options=CPU, progress=False)
     g_cm = torch.autograd.grad(losses.combine(with_cm.loss_terms(0), with_cm.config.loss_weights()), with_cm.images)
     g_dm = torch.autograd.grad(dm_only.loss_terms(0)["dm"], dm_only.images)
     torch.testing.assert_close(g_cm[0], g_dm[0], rtol=1e-6, atol=0)
@@ -229,24 +259,24 @@ def test_ipc1_with_cc_and_cm_warns_and_cc_is_zero(digits):
 def test_no_warning_when_ipc_above_one(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Distiller(tiny(ipc=2, cm=True), digits, progress=False)
+        Distiller(tiny(ipc=2, cm=True), digits, options=CPU, progress=False)
 
 
 def test_history_keeps_terms_separately(digits):
     cfg = tiny(iterations=2, cc=True, cm=True, lambda_cc=0.3, lambda_cm=0.2, **FEATNET)
-    result = distill(cfg, digits, progress=False)
+    result = distill(cfg, digits, options=CPU, progress=False)
     assert [r["iteration"] for r in result.history] == [0, 1]
     for r in result.history:
         assert {"dm", "cm", "cc", "loss", "seconds"} <= r.keys()
         assert r["loss"] == pytest.approx(r["dm"] + 0.2 * r["cm"] + 0.3 * r["cc"], rel=1e-5)
         assert r["cc"] > 0 and r["cm"] > 0
-    dm_only = distill(tiny(iterations=1), digits, progress=False)
+    dm_only = distill(tiny(iterations=1), digits, options=CPU, progress=False)
     assert "cc" not in dm_only.history[0] and "cm" not in dm_only.history[0]
     assert dm_only.history[0]["loss"] == dm_only.history[0]["dm"]
 
 
 def test_synthetic_set_shape_labels_and_config(digits):
-    result = distill(tiny(ipc=2, iterations=1), digits, progress=False)
+    result = distill(tiny(ipc=2, iterations=1), digits, options=CPU, progress=False)
     assert result.images.shape == (20, 1, 16, 16) and result.images.dtype == torch.float32
     assert torch.equal(result.labels, torch.arange(10).repeat_interleave(2))
     assert result.ipc == 2 and result.num_classes == 10 and result.classes == [str(i) for i in range(10)]
@@ -254,7 +284,7 @@ def test_synthetic_set_shape_labels_and_config(digits):
     assert result.mean == digits.mean and result.std == digits.std
     assert not result.images.requires_grad
     # real init: before any step, each class's synthetic images are real images of that class
-    run = Distiller(tiny(ipc=2), digits, progress=False)
+    run = Distiller(tiny(ipc=2), digits, options=CPU, progress=False)
     x = digits.normalize(digits.x_train)
     for i, label in enumerate(run.labels().tolist()):
         match = (x - run.images[i].detach()).flatten(1).abs().amax(1) < 1e-6
@@ -262,7 +292,7 @@ def test_synthetic_set_shape_labels_and_config(digits):
 
 
 def test_dm_loss_decreases(digits):
-    run = Distiller(tiny(ipc=2), digits, progress=False)
+    run = Distiller(tiny(ipc=2), digits, options=CPU, progress=False)
 
     def held_out():  # the same 10 nets/batches/augmentations before and after: no sampling noise in the comparison
         with torch.no_grad():
@@ -301,7 +331,7 @@ def test_synthetic_set_save_load_round_trip(tmp_path, factor):
 
 
 def test_distilled_set_round_trip(digits, tmp_path):
-    result = distill(tiny(iterations=1), digits, progress=False)
+    result = distill(tiny(iterations=1), digits, options=CPU, progress=False)
     loaded = SyntheticSet.load(result.save(tmp_path / "s.pt"))
     assert torch.equal(loaded.images, result.images)
     assert loaded.history == canonical(result.history)

@@ -21,14 +21,15 @@ import pytest
 import torch
 
 from distill_lib import distributed
-from distill_lib.distill import RESUMABLE_FIELDS, Distiller, distill
+from distill_lib.distill import RESUMABLE_FIELDS, Distiller
 from distill_lib.evaluate import evaluate, random_subset
 from distill_lib.cache import DiskCache
+from distill_lib.runner import distill
 from distill_lib.sweep import Cell, run_cell
 from distill_lib.synthetic import SyntheticSet
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_worker import FEATNET, IDM, TINY_EVAL, tiny  # noqa: E402  (the worker's settings, not a copy)
+from distributed_worker import CPU, FEATNET, IDM, TINY_EVAL, tiny  # noqa: E402  (the worker's settings, not a copy)
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -131,14 +132,15 @@ def single(tmp_path_factory, digits):
         d.mkdir()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DISTILL_CACHE", str(dirs["cache"]))
-        run = Distiller(tiny(), digits, progress=False)
+        run = Distiller(tiny(), digits, options=CPU, progress=False)
         for _ in range(6):
             run.step()
-        distill(tiny(iterations=3), digits, checkpoint=dirs["out"] / "one_proc.pt", progress=False)  # for 1 -> 2
+        distill(tiny(iterations=3), digits, checkpoint=dirs["out"] / "one_proc.pt", options=CPU,
+                progress=False)  # for 1 -> 2
         cached_cell = Cell(tiny(iterations=2, seed=0), TINY_EVAL)
         cached = run_cell(cached_cell, verbose=False)  # the sweep job must reuse it
-        dm_cc_cm = distill(tiny(iterations=4, cc=True, cm=True, **FEATNET), digits, progress=False)
-        idm_cc_cm = distill(tiny(iterations=4, **IDM, **FEATNET), digits, progress=False)
+        dm_cc_cm = distill(tiny(iterations=4, cc=True, cm=True, **FEATNET), digits, options=CPU, progress=False)
+        idm_cc_cm = distill(tiny(iterations=4, **IDM, **FEATNET), digits, options=CPU, progress=False)
     cached_file = DiskCache("sweep", dirs["cache"]).path(cached_cell.key())
     return dict(dirs, env=job_env(dirs["cache"], dirs["data"]), dm=run.result(), state=run.state_dict(),
                 dm_cc_cm=dm_cc_cm, idm_cc_cm=idm_cc_cm, cached=cached, cached_file=cached_file, cached_mtime=cached_file.stat().st_mtime_ns)
@@ -186,7 +188,7 @@ def test_checkpoint_of_two_processes_resumes_in_one(single, main_job, digits):
     state = torch.load(ckpt, weights_only=True)
     assert state["iteration"] == 3 and state["images"].shape == (30, 1, 16, 16)
     assert state["optimizer"]["state"][0]["momentum_buffer"].shape == (30, 1, 16, 16)
-    resumed = distill(tiny(), digits, checkpoint=ckpt, resume=True, progress=False)
+    resumed = distill(tiny(), digits, checkpoint=ckpt, resume=True, options=CPU, progress=False)
     assert_same_run(resumed, single["dm"])
 
 
@@ -226,7 +228,8 @@ def test_killed_rank_ends_the_job_and_the_last_checkpoint_resumes(single, digits
     assert "SIGKILL" in log and re.search(r"rank\s*:\s*1\b", log), log[-3000:]  # torchrun names the dead rank
     state = torch.load(single["out"] / "killed.pt", weights_only=True)
     assert state["iteration"] == 4  # checkpointed every 2; rank 1 died at iteration 5
-    resumed = distill(tiny(), digits, checkpoint=single["out"] / "killed.pt", resume=True, progress=False)
+    resumed = distill(tiny(), digits, checkpoint=single["out"] / "killed.pt", resume=True, options=CPU,
+                      progress=False)
     assert_same_run(resumed, single["dm"])
 
 

@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from distill_lib import seeding
 from distill_lib.cache import canonical
 from distill_lib.cli import main
-from distill_lib.distill import IDM_FIELDS, METHOD_DEFAULTS, DistillConfig, Distiller, config_from_dict, distill
+from distill_lib.distill import IDM_FIELDS, METHOD_DEFAULTS, QUEUE_FIELDS, DistillConfig, Distiller, config_from_dict
 from distill_lib.evaluate import EvalProtocol, evaluate
 from distill_lib.idm import INITIAL_NETS, ModelQueue, QueueSpec
 from distill_lib.models import get_model
+from distill_lib.options import RunOptions
+from distill_lib.runner import distill
 from distill_lib.synthetic import SyntheticSet, decode_partitions, encode_partitions
 from test_distill import check_against_reference  # library terms and gradients = distill_lib.reference
 
@@ -30,13 +32,16 @@ distill_module = importlib.import_module("distill_lib.distill")
 evaluate_module = importlib.import_module("distill_lib.evaluate")
 
 # Small enough that a step takes milliseconds: width-8 nets, 8 real images per class, 2 queue steps of 32 images.
-TINY = dict(dataset="digits", method="idm", ipc=2, iterations=4, batch_real=8, net_width=8, device="cpu",
-            queue_length=4, queue_push_interval=2, queue_train_nets=2, queue_train_steps=2, queue_batch=32)
+TINY = dict(dataset="digits", method="idm", ipc=2, iterations=4, batch_real=8, net_width=8,
+            queue=QueueSpec(length=4, push_interval=2, train_nets=2, train_steps=2, batch=32))
+CPU = RunOptions(device="cpu")
 FEATNET = dict(featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
 
 
 def tiny(**overrides) -> DistillConfig:
-    return DistillConfig(**{**TINY, **overrides})
+    """TINY with ``overrides``; queue_<name> ones change its queue, as the command line's --queue-<name> flags do."""
+    queue = {k[len("queue_"):]: overrides.pop(k) for k in list(overrides) if k.startswith("queue_")}
+    return DistillConfig(**{**TINY, **overrides, "queue": dataclasses.replace(TINY["queue"], **queue)})
 
 
 def losses_of(history):
@@ -93,7 +98,7 @@ def test_encode_then_decode_returns_each_image_in_order(factor):
 def test_partitioned_real_init_and_result(digits):
     """IDM's real initialisation: each stored image holds factor^2 real images of its class, downscaled; the result
     records the factor and decodes to ipc * factor^2 training images per class."""
-    run = Distiller(tiny(ipc=2), digits, progress=False)
+    run = Distiller(tiny(ipc=2), digits, options=CPU, progress=False)
     assert run.factor == 2 and run.samples_per_class == 8 and run.images.shape == (20, 1, 16, 16)
     g = seeding.generator(0, seeding.SYN_INIT, 3)
     want = encode_partitions(digits.sample_real(3, 8, g), 2)
@@ -105,7 +110,7 @@ def test_partitioned_real_init_and_result(digits):
 
 
 def test_evaluation_trains_on_the_decoded_images(digits, tmp_path, monkeypatch):
-    result = distill(tiny(iterations=1), digits, progress=False)
+    result = distill(tiny(iterations=1), digits, options=CPU, progress=False)
     loaded = SyntheticSet.load(result.save(tmp_path / "idm.pt"))
     assert loaded.factor == 2 and config_from_dict(loaded.config) == tiny(iterations=1)
     seen = []
@@ -218,7 +223,7 @@ def test_queue_training_equals_a_plain_sgd_loop(digits):
 @pytest.mark.parametrize("extra", [dict(), dict(cc=True, cm=True, **FEATNET), dict(factor=1, cm=True)],
                          ids=["idm", "idm+cc+cm", "idm-factor1+cm"])
 def test_idm_loss_terms_equal_per_class_reference(digits, extra):
-    run = Distiller(tiny(**extra), digits, progress=False)
+    run = Distiller(tiny(**extra), digits, options=CPU, progress=False)
     for _ in range(3):
         run.step()
     # iterations whose drawn net has been trained, so that the CE term is really weighted
@@ -230,7 +235,7 @@ def test_idm_loss_terms_equal_per_class_reference(digits, extra):
 def test_ce_weighting(digits):
     """CE = accuracy-weighted class-mean cross-entropy; the total is dm + ce_weight * ce; ce_weight 0 drops it; a
     net before its first training round weighs 0."""
-    run = Distiller(tiny(ce_weight=7.0), digits, progress=False)
+    run = Distiller(tiny(ce_weight=7.0), digits, options=CPU, progress=False)
     for _ in range(3):
         run.step()
     for record in run.history:
@@ -244,18 +249,18 @@ def test_ce_weighting(digits):
     torch.testing.assert_close(run.loss_terms(it)["ce"], 0.5 * unweighted)
     member.accuracy = saved
     assert run.history[0]["net_accuracy"] == 0.0 and run.history[0]["ce"] == 0.0  # nothing trained yet at step 0
-    assert "ce" not in Distiller(tiny(ce_weight=0.0), digits, progress=False).loss_terms(0)
+    assert "ce" not in Distiller(tiny(ce_weight=0.0), digits, options=CPU, progress=False).loss_terms(0)
 
 
 # ---------------------------------------------------------------- determinism and resume
 
 def test_same_config_same_result_other_seed_differs(digits):
-    a = distill(tiny(), digits, progress=False)
-    b = distill(tiny(), digits, progress=False)
-    c = distill(tiny(seed=1), digits, progress=False)
+    a = distill(tiny(), digits, options=CPU, progress=False)
+    b = distill(tiny(), digits, options=CPU, progress=False)
+    c = distill(tiny(seed=1), digits, options=CPU, progress=False)
     assert torch.equal(a.images, b.images) and losses_of(a.history) == losses_of(b.history)
     assert not torch.equal(a.images, c.images)
-    dm = distill(tiny(method="dm", factor=2), digits, progress=False)  # same init, other nets: other images
+    dm = distill(tiny(method="dm", factor=2), digits, options=CPU, progress=False)  # same init, other nets
     assert not torch.equal(a.images, dm.images)
 
 
@@ -265,18 +270,18 @@ def queue_state(run: Distiller):
 
 def test_resume_with_the_queue_equals_uninterrupted(digits, tmp_path):
     cfg = tiny(iterations=7, cc=True, cm=True, **FEATNET)  # pushes at 0, 2, 4, 6 and pops from the third on
-    full = Distiller(cfg, digits, progress=False)
+    full = Distiller(cfg, digits, options=CPU, progress=False)
     for _ in range(7):
         full.step()
     ckpt = tmp_path / "part.pt"
-    part = distill(dataclasses.replace(cfg, iterations=3), digits, checkpoint=ckpt, progress=False)
+    part = distill(dataclasses.replace(cfg, iterations=3), digits, checkpoint=ckpt, options=CPU, progress=False)
     assert len(part.history) == 3
     state = torch.load(ckpt, weights_only=True)
     assert state["iteration"] == 3 and len(state["queue"]["members"]) == 4
-    resumed = distill(cfg, digits, checkpoint=ckpt, resume=True, progress=False)
+    resumed = distill(cfg, digits, checkpoint=ckpt, resume=True, options=CPU, progress=False)
     assert torch.equal(resumed.images, full.result().images)
     assert losses_of(resumed.history) == losses_of(full.history)
-    reloaded = Distiller(cfg, digits, progress=False)
+    reloaded = Distiller(cfg, digits, options=CPU, progress=False)
     reloaded.load_state_dict(torch.load(ckpt, weights_only=True))
     for (s1, n1, a1, p1), (s2, n2, a2, p2) in zip(queue_state(reloaded), queue_state(full)):
         assert (s1, n1, a1) == (s2, n2, a2)
@@ -288,7 +293,7 @@ def test_a_step_gone_nan_at_a_push_leaves_the_queue_as_before_and_resumes_to_the
         digits, tmp_path, monkeypatch):
     """The non-finite stop checkpoints the state before the failing step, IDM's push of that iteration undone."""
     cfg = tiny(iterations=5)
-    full = distill(cfg, digits, progress=False)
+    full = distill(cfg, digits, options=CPU, progress=False)
     real = Distiller.loss_terms
 
     def nan_at_push(self, iteration):  # iteration 2 pushes a net (push interval 2)
@@ -298,22 +303,23 @@ def test_a_step_gone_nan_at_a_push_leaves_the_queue_as_before_and_resumes_to_the
     monkeypatch.setattr(Distiller, "loss_terms", nan_at_push)
     ckpt = tmp_path / "ck.pt"
     with pytest.raises(ValueError, match="iteration 2: loss term 'dm' is nan"):
-        distill(cfg, digits, checkpoint=ckpt, progress=False)
+        distill(cfg, digits, checkpoint=ckpt, options=CPU, progress=False)
     state = torch.load(ckpt, weights_only=True)
     assert state["iteration"] == 2 and len(state["queue"]["members"]) == INITIAL_NETS + 1  # pushes at 0 only
     monkeypatch.undo()
-    resumed = distill(cfg, digits, checkpoint=ckpt, resume=True, progress=False)
+    resumed = distill(cfg, digits, checkpoint=ckpt, resume=True, options=CPU, progress=False)
     assert torch.equal(resumed.images, full.images)
     assert losses_of(resumed.history) == losses_of(full.history)
 
 
 def test_resume_from_other_queue_settings_names_the_field(digits, tmp_path):
     ckpt = tmp_path / "ckpt.pt"
-    distill(tiny(iterations=2), digits, checkpoint=ckpt, progress=False)
+    distill(tiny(iterations=2), digits, checkpoint=ckpt, options=CPU, progress=False)
     with pytest.raises(ValueError, match="queue_train_steps"):
-        distill(tiny(iterations=4, queue_train_steps=3), digits, checkpoint=ckpt, resume=True, progress=False)
+        distill(tiny(iterations=4, queue_train_steps=3), digits, checkpoint=ckpt, resume=True, options=CPU,
+                progress=False)
     with pytest.raises(ValueError, match="method"):
-        distill(tiny(iterations=4, method="dm"), digits, checkpoint=ckpt, resume=True, progress=False)
+        distill(tiny(iterations=4, method="dm"), digits, checkpoint=ckpt, resume=True, options=CPU, progress=False)
 
 
 # ---------------------------------------------------------------- IPC 1: IDM makes CC and CM act; DM cannot
@@ -321,7 +327,7 @@ def test_resume_from_other_queue_settings_names_the_field(digits, tmp_path):
 def test_ipc1_idm_has_live_cc_and_cm_while_dm_warns_and_is_inert(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # IDM at IPC 1: 4 samples per class, nothing to warn about
-        run = Distiller(tiny(ipc=1, cc=True, cm=True, **FEATNET), digits, progress=False)
+        run = Distiller(tiny(ipc=1, cc=True, cm=True, **FEATNET), digits, options=CPU, progress=False)
     for _ in range(2):
         run.step()
     assert all(r["cc"] > 0 for r in run.history)
@@ -331,7 +337,7 @@ def test_ipc1_idm_has_live_cc_and_cm_while_dm_warns_and_is_inert(digits):
         assert grad.abs().max() > 0, name
 
     with pytest.warns(UserWarning, match="ipc=1"):
-        dm = Distiller(tiny(method="dm", ipc=1, cc=True, cm=True, **FEATNET), digits, progress=False)
+        dm = Distiller(tiny(method="dm", ipc=1, cc=True, cm=True, **FEATNET), digits, options=CPU, progress=False)
     assert dm.factor == 1 and dm.samples_per_class == 1
     terms = dm.loss_terms(0)
     assert terms["cc"].item() == 0.0
@@ -340,7 +346,7 @@ def test_ipc1_idm_has_live_cc_and_cm_while_dm_warns_and_is_inert(digits):
         assert grad is None or grad.abs().max() == 0, name
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # DM with partitioning also has 4 samples per class
-        Distiller(tiny(method="dm", factor=2, ipc=1, cm=True), digits, progress=False)
+        Distiller(tiny(method="dm", factor=2, ipc=1, cm=True), digits, options=CPU, progress=False)
 
 
 # ---------------------------------------------------------------- method defaults and identity
@@ -363,29 +369,41 @@ def test_identity_keeps_dm_keys_and_separates_idm_settings():
     ident = dm.identity()
     assert not {"method", "factor", *IDM_FIELDS} & ident.keys()
     assert (ident["lr_img"], ident["lambda_cc"], ident["lambda_cm"]) == (1.0, 0.05, 0.01)
-    # every field but the IDM ones and compile (which changes float rounding only, like the device's kernels)
-    assert set(ident) == {f.name for f in dataclasses.fields(DistillConfig)} - {"method", "factor", "compile",
-                                                                                 *IDM_FIELDS}
-    assert DistillConfig(dataset="cifar10", ipc=10, compile="off").identity() == ident
-    assert DistillConfig(dataset="cifar10", ipc=10, lr_img=1.0, queue_length=7).identity() == ident
+    # every field but the IDM ones
+    assert set(ident) == ({f.name for f in dataclasses.fields(DistillConfig)}
+                          - {"method", "factor", "queue", *IDM_FIELDS})
+    assert DistillConfig(dataset="cifar10", ipc=10, lr_img=1.0, queue=QueueSpec(length=7)).identity() == ident
     assert DistillConfig(dataset="cifar10", ipc=10, factor=2).identity()["factor"] == 2
     idm = DistillConfig(dataset="cifar10", ipc=10, method="idm").identity()
     assert idm["method"] == "idm" and idm["factor"] == 2 and set(IDM_FIELDS) <= idm.keys()
-    assert DistillConfig(method="idm", queue_length=7).identity() != DistillConfig(method="idm").identity()
+    assert DistillConfig(method="idm", queue=QueueSpec(length=7)).identity() != DistillConfig(method="idm").identity()
+    # the nested queue appears flat, under the names (and so the cache keys) it had before it was nested
+    assert {k: idm[k] for k in QUEUE_FIELDS} == {"queue_length": 100, "queue_push_interval": 30, "queue_train_nets": 2,
+                                                 "queue_train_steps": 10, "queue_batch": 256, "queue_lr": 0.01}
+
+
+def test_config_saved_with_flat_queue_settings_loads_into_the_nested_queue():
+    nested = DistillConfig(method="idm", queue=QueueSpec(length=7, lr=0.5))
+    flat = {k: v for k, v in canonical(nested).items() if k != "queue"} | {"queue_length": 7, "queue_lr": 0.5}
+    assert config_from_dict(flat) == nested and config_from_dict(canonical(nested)) == nested
+    assert canonical(nested)["queue"] == {"length": 7, "push_interval": 30, "train_nets": 2, "train_steps": 10,
+                                          "batch": 256, "lr": 0.5}
 
 
 def test_checkpoint_written_before_idm_still_resumes(digits, tmp_path):
-    """A DM checkpoint whose config has no IDM fields (as written before IDM existed) resumes."""
-    cfg = DistillConfig(dataset="digits", ipc=2, iterations=4, batch_real=8, net_width=8, device="cpu")
-    full = distill(cfg, digits, progress=False)
-    run = Distiller(dataclasses.replace(cfg, iterations=2), digits, progress=False)
+    """A DM checkpoint whose config has no IDM fields (as written before IDM existed) and still holds the run options
+    (as written before they left the config) resumes."""
+    cfg = DistillConfig(dataset="digits", ipc=2, iterations=4, batch_real=8, net_width=8)
+    full = distill(cfg, digits, options=CPU, progress=False)
+    run = Distiller(dataclasses.replace(cfg, iterations=2), digits, options=CPU, progress=False)
     run.step()
     run.step()
     state = run.state_dict()
-    state["config"] = {k: v for k, v in canonical(cfg).items() if k not in ("method", "factor", *IDM_FIELDS)}
-    state["config"].update(lr_img=1.0, lambda_cc=0.05, lambda_cm=0.01)
+    state["config"] = {k: v for k, v in canonical(cfg).items() if k not in ("method", "factor", "queue", *IDM_FIELDS)}
+    state["config"].update(lr_img=1.0, lambda_cc=0.05, lambda_cm=0.01, device="cpu", checkpoint_every=0,
+                           real_chunk=32, compile="auto")
     torch.save(state, tmp_path / "old.pt")
-    resumed = distill(cfg, digits, checkpoint=tmp_path / "old.pt", resume=True, progress=False)
+    resumed = distill(cfg, digits, checkpoint=tmp_path / "old.pt", resume=True, options=CPU, progress=False)
     assert torch.equal(resumed.images, full.images)
 
 
@@ -422,15 +440,15 @@ def test_idm_needs_a_trainable_classifier_head(digits, monkeypatch):
 
     monkeypatch.setattr(distill_module, "get_model", headless)
     with pytest.raises(ValueError, match="no trainable classifier head"):
-        Distiller(tiny(), digits, progress=False)
-    Distiller(tiny(method="dm"), digits, progress=False)  # DM never trains its nets: no head needed
+        Distiller(tiny(), digits, options=CPU, progress=False)
+    Distiller(tiny(method="dm"), digits, options=CPU, progress=False)  # DM never trains its nets: no head needed
 
 
 def test_partitioned_init_needs_enough_real_images(digits):
     smallest = min(digits.class_count(c) for c in range(10))
     with pytest.raises(ValueError, match="real images to initialise from"):
-        Distiller(tiny(ipc=smallest // 4 + 1), digits, progress=False)
-    Distiller(tiny(ipc=smallest // 4 + 1, init="noise"), digits, progress=False)  # noise needs no real images
+        Distiller(tiny(ipc=smallest // 4 + 1), digits, options=CPU, progress=False)
+    Distiller(tiny(ipc=smallest // 4 + 1, init="noise"), digits, options=CPU, progress=False)  # noise: no real images
 
 
 # ---------------------------------------------------------------- command line
@@ -445,6 +463,10 @@ def test_cli_distills_with_idm(digits, tmp_path, monkeypatch, capsys):
     syn = SyntheticSet.load(out)
     assert syn.factor == 2 and syn.config["method"] == "idm" and syn.config["lambda_cm"] == 0.5
     assert syn.config["lr_img"] is None and config_from_dict(syn.config).resolved().lr_img == 0.2
+    # the flat --queue-* flags fill the nested queue
+    assert config_from_dict(syn.config).queue == QueueSpec(batch=16, train_steps=1)
     assert main(["distill", "--method", "idm", "--factor", "3", "--no-progress"]) == 2
     assert "factor 3 does not divide" in capsys.readouterr().err
+    assert main(["distill", "--method", "idm", "--queue-length", "1", "--no-progress"]) == 2
+    assert "queue_train_nets (2) cannot exceed queue_length (1)" in capsys.readouterr().err
     assert set(METHOD_DEFAULTS) == {"dm", "idm"}

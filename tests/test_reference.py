@@ -14,15 +14,16 @@ import torch
 
 from distill_lib import reference
 from distill_lib.distill import DistillConfig, Distiller
+from distill_lib.options import RunOptions
 from distill_lib.train import compile_available
 
 # Notebook 01's quick and full-mode nets and batches (on digits a class has 139 or more images: batch 256 -> 139).
-QUICK = dict(dataset="digits", ipc=10, batch_real=32, net_width=64, device="cpu")
-FULL = dict(dataset="digits", ipc=10, batch_real=256, net_width=128, device="cpu")
+QUICK = DistillConfig(dataset="digits", ipc=10, batch_real=32, net_width=64)
+FULL = DistillConfig(dataset="digits", ipc=10, batch_real=256, net_width=128)
+EAGER, COMPILED = RunOptions(device="cpu", compile="off"), RunOptions(device="cpu", compile="on")
 needs_compile = pytest.mark.skipif(not compile_available(), reason="torch.compile needs a C++ compiler")
-SETTINGS = [pytest.param(dict(QUICK, compile="off"), id="quick"),
-            pytest.param(dict(FULL, compile="off"), id="full-eager"),
-            pytest.param(dict(FULL, compile="on"), id="full-compiled", marks=needs_compile)]
+SETTINGS = [pytest.param(QUICK, EAGER, id="quick"), pytest.param(FULL, EAGER, id="full-eager"),
+            pytest.param(FULL, COMPILED, id="full-compiled", marks=needs_compile)]
 
 
 @pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
@@ -46,10 +47,10 @@ def old_elementwise_check(grad: torch.Tensor, grad_ref: torch.Tensor) -> bool:
     return torch.allclose(grad, grad_ref, rtol=1e-4, atol=1e-6 * grad_ref.abs().max().item())
 
 
-@pytest.mark.parametrize("settings", SETTINGS)
-def test_library_gradient_within_tolerance_of_the_float64_reference(digits, threads, settings):
-    run = Distiller(DistillConfig(**settings), digits, progress=False)
-    assert run.compiled == (settings["compile"] == "on")
+@pytest.mark.parametrize("config, options", SETTINGS)
+def test_library_gradient_within_tolerance_of_the_float64_reference(digits, threads, config, options):
+    run = Distiller(config, digits, options=options, progress=False)
+    assert run.compiled == (options.compile == "on")
     for it in range(2):
         library, plain, exact = gradients(run, it)
         for name, grad in (("library", library), ("float32 reference loop", plain)):
@@ -60,7 +61,7 @@ def test_library_gradient_within_tolerance_of_the_float64_reference(digits, thre
 def test_the_old_elementwise_check_fails_where_the_normwise_one_holds(digits):
     """Notebook 01's full-mode settings, eager: over a few iterations some ReLU unit flips between the library and
     the plain loop, which the elementwise check rejects and the normwise one accepts."""
-    run = Distiller(DistillConfig(**FULL, compile="off"), digits, progress=False)
+    run = Distiller(FULL, digits, options=EAGER, progress=False)
     for it in range(8):
         library, plain, exact = gradients(run, it)
         assert reference.gradient_error(library, exact) <= reference.GRADIENT_TOLERANCE
@@ -71,7 +72,7 @@ def test_the_old_elementwise_check_fails_where_the_normwise_one_holds(digits):
 
 def test_the_normwise_check_catches_formula_errors(digits):
     """A flipped sign, a class left out, or a class matched against another class's real batch: far outside."""
-    run = Distiller(DistillConfig(**QUICK), digits, progress=False)
+    run = Distiller(QUICK, digits, options=RunOptions(device="cpu"), progress=False)
     library, _, exact = gradients(run, 0)
     ipc = run.config.ipc
     left_out = library.clone()
@@ -84,10 +85,9 @@ def test_the_normwise_check_catches_formula_errors(digits):
         assert error > 10 * reference.GRADIENT_TOLERANCE, f"{name}: {error:.2e}"
 
 
-@pytest.mark.parametrize("settings", SETTINGS[1:])
-def test_first_step_is_exactly_one_sgd_step_with_the_library_gradient(digits, threads, settings):
-    config = DistillConfig(**settings)
-    run = Distiller(config, digits, progress=False)
+@pytest.mark.parametrize("config, options", SETTINGS[1:])
+def test_first_step_is_exactly_one_sgd_step_with_the_library_gradient(digits, threads, config, options):
+    run = Distiller(config, digits, options=options, progress=False)
     start = run.images.detach().clone()
     grad = torch.autograd.grad(run.loss_terms(0)["dm"], run.images)[0]
     run.step()

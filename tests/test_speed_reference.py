@@ -15,13 +15,15 @@ import speed  # noqa: E402
 from distill_lib import reference  # noqa: E402
 from distill_lib.distill import DistillConfig, Distiller  # noqa: E402
 from distill_lib.models import get_model  # noqa: E402
+from distill_lib.options import RunOptions  # noqa: E402
 
-TINY = dict(dataset="digits", ipc=3, batch_real=16, net_width=16, device="cpu",
-            featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+TINY = dict(dataset="digits", ipc=3, batch_real=16, net_width=16, featnet_arch="convnet", featnet_epochs=1,
+            featnet_per_class=20)
+CPU = RunOptions(device="cpu")
 
 
 def test_reference_step_updates_its_own_images(digits):
-    run = Distiller(DistillConfig(**TINY, cm=True), digits, progress=False)
+    run = Distiller(DistillConfig(**TINY, cm=True), digits, options=CPU, progress=False)
     before = run.images.detach().clone()
     images = before.clone().requires_grad_(True)
     opt = torch.optim.SGD([images], lr=1.0, momentum=0.5)
@@ -50,7 +52,7 @@ def test_flop_counts_of_the_floor():
 
 def test_timing_distiller_uses_a_random_featnet_without_pretraining(digits, _isolated_cache):
     cfg = DistillConfig(**{**TINY, "featnet_arch": "resnet18"}, cc=True, cm=True)
-    run = speed.timing_distiller(cfg, digits)
+    run = speed.timing_distiller(cfg, digits, CPU)
     assert run.config.cc and len(run.featnets.nets) == 1 and not run.featnets.nets[0].training
     assert not (_isolated_cache / "featnet").exists()  # nothing was pretrained or cached
     torch.testing.assert_close(reference.loss_terms(run, 0)["cc"], run.loss_terms(0)["cc"], rtol=1e-5, atol=0)

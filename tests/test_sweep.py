@@ -8,12 +8,15 @@ import torch
 from distill_lib import seeding, sweep
 from distill_lib.analysis import set_metrics
 from distill_lib.cache import DiskCache
-from distill_lib.distill import DistillConfig, Distiller, distill
+from distill_lib.distill import DistillConfig, Distiller
 from distill_lib.evaluate import EvalProtocol, evaluate, random_subset
 from distill_lib.featnet import pretrain
+from distill_lib.idm import QueueSpec
+from distill_lib.options import RunOptions
+from distill_lib.runner import distill
 from distill_lib.sweep import Cell, cell_data, grid, pooled, run_cell, synthetic_set, synthetic_sets
 
-BASE = DistillConfig(dataset="digits", ipc=2, iterations=3, batch_real=8, net_width=8, device="cpu")
+BASE = DistillConfig(dataset="digits", ipc=2, iterations=3, batch_real=8, net_width=8)
 PROTOCOL = EvalProtocol(epochs=1, num_models=1, device="cpu")
 
 
@@ -55,6 +58,18 @@ def test_identical_cell_is_a_hit_changed_cell_a_miss(calls):
     assert (calls.steps, calls.evaluations) == (6, 3)  # a changed distillation config: both recomputed
 
 
+def test_cells_differing_only_in_run_options_are_one_cell_and_one_set(calls):
+    """How a set is distilled (device, compile, chunking, checkpoints) is no part of what it is: one key, one cached
+    set and one evaluation serve every choice of RunOptions."""
+    other = RunOptions(device="cpu", compile="off", real_chunk=0, checkpoint_every=3)
+    plain, tuned = Cell(BASE, PROTOCOL), Cell(BASE, PROTOCOL, options=other)
+    assert plain.key() == tuned.key() and plain.config.identity() == tuned.config.identity()
+    first = synthetic_set(tuned)
+    assert calls.steps == 3
+    assert torch.equal(synthetic_set(plain).images, first.images) and calls.steps == 3  # the cached set
+    assert run_cell(tuned, verbose=False) == run_cell(plain, verbose=False) and calls.evaluations == 1
+
+
 def test_cell_matches_distill_then_evaluate(digits, calls):
     expected = evaluate(distill(BASE, digits, progress=False), digits, PROTOCOL)
     assert run_cell(Cell(BASE, PROTOCOL), verbose=False).accuracies == expected.accuracies
@@ -78,8 +93,8 @@ def test_init_cell_is_the_distillation_start(digits, calls):
 
 def test_idm_cell_set_keeps_its_partitions(digits):
     """A cached IDM set is the distilled one, factor included, so evaluation trains on the decoded tiles."""
-    config = replace(BASE, method="idm", iterations=2, queue_length=2, queue_push_interval=1, queue_train_nets=1,
-                     queue_train_steps=1, queue_batch=8)
+    config = replace(BASE, method="idm", iterations=2,
+                     queue=QueueSpec(length=2, push_interval=1, train_nets=1, train_steps=1, batch=8))
     cached = synthetic_set(Cell(config, PROTOCOL))
     direct = distill(config, digits, progress=False)
     assert cached.factor == direct.factor == 2
