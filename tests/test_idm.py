@@ -369,9 +369,9 @@ def test_identity_keeps_dm_keys_and_separates_idm_settings():
     ident = dm.identity()
     assert not {"method", "factor", *IDM_FIELDS} & ident.keys()
     assert (ident["lr_img"], ident["lambda_cc"], ident["lambda_cm"]) == (1.0, 0.05, 0.01)
-    # every field but the IDM ones
+    # every field but the IDM ones (and the feature-net recipe at its default, which keys as before recipes existed)
     assert set(ident) == ({f.name for f in dataclasses.fields(DistillConfig)}
-                          - {"method", "factor", "queue", *IDM_FIELDS})
+                          - {"method", "factor", "queue", "featnet_recipe", *IDM_FIELDS})
     assert DistillConfig(dataset="cifar10", ipc=10, lr_img=1.0, queue=QueueSpec(length=7)).identity() == ident
     assert DistillConfig(dataset="cifar10", ipc=10, factor=2).identity()["factor"] == 2
     idm = DistillConfig(dataset="cifar10", ipc=10, method="idm").identity()
