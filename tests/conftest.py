@@ -13,9 +13,11 @@ torch.set_num_threads(int(os.environ.get("DISTILL_TEST_THREADS", "1")))
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    """Every test gets its own DISTILL_CACHE (feature nets, decoded data copies)."""
+    """Every test gets its own DISTILL_CACHE (feature nets, decoded data copies) and DISTILL_RESULTS (a benchmark
+    run by a test writes its results file there, never into the repository's results/)."""
     cache = tmp_path / "distill_cache"
     monkeypatch.setenv("DISTILL_CACHE", str(cache))
+    monkeypatch.setenv("DISTILL_RESULTS", str(tmp_path / "results"))
     return cache
 
 
