@@ -186,7 +186,7 @@ def _add_checkpoint(p: argparse.ArgumentParser) -> None:
 
 
 def _default_out(config: DistillConfig) -> Path:
-    method = "" if config.method == "dm" else f"_{config.method}"  # DM keeps the names it had before IDM
+    method = "" if config.method == "dm" else f"_{config.method}"  # DM: runs/<dataset>_ipc<ipc>_seed<seed>.pt
     return Path("runs") / f"{config.dataset}{method}_ipc{config.ipc}_seed{config.seed}.pt"
 
 

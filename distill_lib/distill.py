@@ -45,7 +45,7 @@ IDM_FIELDS = (*QUEUE_FIELDS, "ce_weight")
 # Fields that may differ between a checkpoint and the run that resumes it without changing what is computed.
 RESUMABLE_FIELDS = ("iterations",)
 # "auto" compiles DM's net on CPU from this much work (iterations x classes x batch_real x pixels per image pushed
-# through it, ~5 TFLOP for the ConvNet): enough to repay a cold compile (5-20 s) with the ~1.4x faster forward.
+# through it, ~5 TFLOP for the ConvNet): enough to repay a cold compile with the faster forward (docs/speed.md).
 COMPILE_MIN_WORK = 50_000_000
 
 
@@ -155,10 +155,10 @@ class DistillConfig:
     def identity(self) -> dict:
         """What determines the result, as a JSON-ready dict (cache keys, checkpoint checks): the resolved values.
 
-        For DM it leaves out what IDM added (``method``, the IDM-only fields, and ``factor`` when it is 1), so a DM
-        config keeps the cache key it had before IDM existed, and unused IDM settings never split a DM cache entry.
-        Likewise ``featnet_recipe`` when it is "default". The queue's settings appear flat (``queue_length``, ...:
-        ``QUEUE_FIELDS``), as they were before ``queue`` was nested, so IDM's keys did not change either.
+        For DM it leaves out the IDM settings (``method``, the IDM-only fields, and ``factor`` when it is 1), so they
+        never split a DM cache entry; likewise ``featnet_recipe`` when it is "default". The queue's settings appear
+        flat (``queue_length``, ...: ``QUEUE_FIELDS``). Both keep the keys of cached runs and saved files valid
+        (docs/cache.md).
         """
         values = canonical(self.resolved())
         if values["featnet_recipe"] == "default":
@@ -235,7 +235,7 @@ class Distiller:
         self.net = get_model(config.model, data.channels, data.num_classes, data.image_size,
                              **_net_kwargs(config)).to(self.device)
         self.net.requires_grad_(False)  # only the pixels learn; no weight gradients are computed
-        self.net.to(memory_format=torch.channels_last)  # measured faster for these convs and norms on CPU
+        self.net.to(memory_format=torch.channels_last)  # faster for these convs and norms on CPU (docs/speed.md)
         # Batch norm mixes the samples of a batch, so its classes must go through the net one at a time.
         self.per_class_forward = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.net.modules())
         # DM's one net, compiled once: its weights are graph inputs, redrawn in place every iteration. (IDM's queue
@@ -396,7 +396,7 @@ class Distiller:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        # Compared by identity: method defaults resolved, so checkpoints written before IDM existed still resume.
+        # Compared by identity (method defaults resolved), so a checkpoint of a DM config without IDM's fields resumes.
         saved = config_from_dict(state["config"]).identity()
         mine = self.config.identity()
         differing = [k for k in sorted(saved.keys() | mine.keys())

@@ -127,8 +127,8 @@ def resolve_device(device: str) -> torch.device:
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None, compile: bool = False) -> torch.Tensor:
     """Predicted labels in eval mode, in batches.
 
-    On CPU the default is channels_last batches of 32 images, which keep activations in cache (measured 2x faster
-    than one NCHW batch of 1000 for the ConvNet); elsewhere batches of 1000. ``compile``: through torch.compile, with
+    On CPU the default is channels_last batches of 32 images, which keep activations in cache (docs/speed.md);
+    elsewhere batches of 1000. ``compile``: through torch.compile, with
     the last batch zero-padded to full size so that one compiled graph serves every batch (in eval mode every model
     of the zoo treats samples independently, so padding cannot change the real samples' outputs).
     """
@@ -161,8 +161,7 @@ COMPILE_MODES = ("auto", "on", "off")
 
 def use_compile(mode: str, device: torch.device, worth_it: bool) -> bool:
     """The one rule for the ``compile`` settings of evaluation and distillation: "on"/"off" as said; "auto" compiles
-    on CPU when ``worth_it`` (enough work to repay a cold compile, decided by the caller). On CUDA "auto" stays eager:
-    not measured there yet."""
+    on CPU when ``worth_it`` (enough work to repay a cold compile, decided by the caller). On CUDA "auto" stays eager."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {COMPILE_MODES}, got {mode!r}")
     if mode != "auto":
@@ -174,7 +173,7 @@ def compiled(model):
     """``model`` (a module or a function) through torch.compile (static shapes), or ``model`` itself with a warning where compiling fails.
 
     Compiled graphs are shared by every model of the same architecture (parameters are graph inputs), so the cold
-    compile (10-20 s per graph on this CPU) is paid once per process and shape; inductor also caches on disk.
+    compile (seconds per graph) is paid once per process and shape; inductor also caches on disk.
     """
     return torch.compile(model, dynamic=False) if compile_available() else model
 
