@@ -18,6 +18,7 @@ from dataclasses import replace
 from common import parser, say, setup, validation_flags, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.evaluate import EvalResult
+from distill_lib.featnet import RECIPES
 from distill_lib.sweep import sweep
 from distill_lib.train import resolve_device
 
@@ -59,20 +60,39 @@ def select_lambdas(bases: list[DistillConfig], grids: dict[str, list[float]], va
     return chosen
 
 
+def featnet_flags(p: argparse.ArgumentParser) -> None:
+    """The CC feature net's flags (this script's and beta_lambda.py's): a recipe, or the default's net and subset."""
+    p.add_argument("--featnet-arch", default="resnet18")
+    p.add_argument("--featnet-epochs", type=int, default=2)
+    p.add_argument("--featnet-per-class", type=int, default=1000, help="training images per class for the feature net")
+    p.add_argument("--featnet-recipe", default="default", choices=tuple(RECIPES),
+                   help="a named feature-net recipe (docs/featnets.md); other than 'default' it fixes the net and its "
+                        "training set, so --featnet-arch and --featnet-per-class are ignored")
+    p.add_argument("--featnet-pool", type=int, default=1, help="feature nets drawn from per iteration")
+
+
+def featnet_settings(args: argparse.Namespace) -> dict:
+    """The DistillConfig fields that :func:`featnet_flags` set."""
+    shape = (dict(featnet_arch=args.featnet_arch, featnet_per_class=args.featnet_per_class)
+             if args.featnet_recipe == "default" else dict(featnet_recipe=args.featnet_recipe))
+    return dict(featnet_epochs=args.featnet_epochs, featnet_pool=args.featnet_pool, **shape)
+
+
 def budget_line(args: argparse.Namespace, protocol: EvalProtocol, chosen: str) -> str:
     """The budget of this script's and beta_lambda.py's cells (they share them): distillation, CC feature net, where
     ``chosen`` settings are chosen, evaluation, seeds."""
+    featnet = (f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per class"
+               if args.featnet_recipe == "default" else
+               f"recipe {args.featnet_recipe!r} (docs/featnets.md) trained {args.featnet_epochs} epochs")
     return (f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, init real, full DSA; CC feature net "
-            f"{args.featnet_arch} trained {args.featnet_epochs} epochs on {args.featnet_per_class} images per class; "
+            f"{featnet}, pool of {args.featnet_pool}; "
             f"{chosen} chosen on {args.validation} validation images per class (seed 0, {args.val_models} "
             f"evaluation net(s)); evaluation {protocol.describe()}; {args.seeds} distillation seeds")
 
 
 def main() -> None:
     p = parser(__doc__, datasets=["fashion_mnist", "cifar10"], ipcs=[10], seeds=2)
-    p.add_argument("--featnet-arch", default="resnet18")
-    p.add_argument("--featnet-epochs", type=int, default=2)
-    p.add_argument("--featnet-per-class", type=int, default=1000, help="training images per class for the feature net")
+    featnet_flags(p)
     p.add_argument("--lambda-cc", nargs="+", type=float, default=LAMBDA_CC)
     p.add_argument("--lambda-cm", nargs="+", type=float, default=LAMBDA_CM)
     validation_flags(p)
@@ -86,8 +106,7 @@ def main() -> None:
     say(budget + "\n", flush=True)
     grids = {"lambda_cc": args.lambda_cc, "lambda_cm": args.lambda_cm}
     bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
-                           featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
-                           featnet_per_class=args.featnet_per_class) for dataset in args.datasets for ipc in args.ipcs]
+                           **featnet_settings(args)) for dataset in args.datasets for ipc in args.ipcs]
 
     chosen = select_lambdas(bases, grids, val_protocol, args.validation)
 

@@ -33,7 +33,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from ablation import LAMBDA_CC, LAMBDA_CM, budget_line, candidates
+from ablation import LAMBDA_CC, LAMBDA_CM, budget_line, candidates, featnet_flags, featnet_settings
 from common import REPO, parser, say, setup, validation_flags, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.analysis import featnet_cc_alpha
@@ -129,9 +129,7 @@ def plot(beta_rows: list, path: Path) -> None:
 
 def main() -> None:
     p = parser(__doc__, datasets=["fashion_mnist", "cifar10"], ipcs=[10], seeds=2)
-    p.add_argument("--featnet-arch", default="resnet18")
-    p.add_argument("--featnet-epochs", type=int, default=2)
-    p.add_argument("--featnet-per-class", type=int, default=1000, help="training images per class for the feature net")
+    featnet_flags(p)
     p.add_argument("--betas", nargs="+", type=float, default=[1.0, 2.0, 4.0, 8.0],
                    help="paper-form thresholds (every beta <= 1 is the same method as beta = 1)")
     p.add_argument("--lambda-scale", nargs="+", type=float, default=[0.25, 1.0, 4.0],
@@ -153,8 +151,7 @@ def main() -> None:
     say(budget + "\n", flush=True)
     val = args.validation
     bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
-                           featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
-                           featnet_per_class=args.featnet_per_class) for dataset in args.datasets for ipc in args.ipcs]
+                           **featnet_settings(args)) for dataset in args.datasets for ipc in args.ipcs]
     # The feature nets first (one per data set and split, each by one rank): alpha and every CC cell use them.
     pretrain_featnets([Cell(replace(base, cc=True), protocol, validation=v) for base in bases for v in (val, 0)])
     grids = {"lambda_cc": args.lambda_cc, "lambda_cm": args.lambda_cm}
