@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from distill_lib import course
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import common  # noqa: E402  (benchmarks/common.py, found through the line above)
@@ -161,12 +163,10 @@ def mismatches(readme: str, source_tables: list[dict]) -> list[str]:
 
 
 def source_tables(root: Path = REPO) -> tuple[str, list[dict]]:
-    """Where the headline comes from and its tables: results/idm.json if a run wrote it, else docs/results.md."""
-    measured = root / "results" / "idm.json"
-    if measured.exists():
-        return str(measured), json.loads(measured.read_text(encoding="utf-8"))["tables"]
-    recorded = root / "docs" / "results.md"
-    return str(recorded), common.parse_tables(recorded.read_text(encoding="utf-8"))[0]
+    """Where the headline comes from and its tables: the idm benchmark's measured answer, as the notebooks read it
+    (results/idm.json if a run wrote it, else its section of docs/results.md)."""
+    answer = course.measured("idm", repo=root)
+    return answer.source, answer.tables
 
 
 def test_the_readme_headline_numbers_equal_their_measured_source():
@@ -202,6 +202,6 @@ def test_once_idm_json_exists_the_headline_is_checked_against_it(recorded, tmp_p
     print(text)
     common.write_results("idm", argparse.Namespace(results_dir=tmp_path / "results"), "Budget: as docs.", argv=[])
     where, tables = source_tables(tmp_path)
-    assert where.endswith("idm.json")
+    assert where.endswith("idm.json`")
     found = mismatches((REPO / "README.md").read_text(encoding="utf-8"), tables)
     assert bool(found) == bool(edit), found
