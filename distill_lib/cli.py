@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import distributed
 from .data import DATASETS, DatasetNotFoundError, load_dataset
-from .distill import INITS, METHOD_DEFAULTS, METHODS, DistillConfig
+from .distill import INITS, MATCH_NETS, METHOD_DEFAULTS, METHODS, DistillConfig
 from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
 from .featnet import RECIPES
 from .files import check_writable
@@ -69,6 +69,9 @@ HELP = {
                       "images per class, DSA, step decay), 'paper' (the authors': ResNet18 on the full set, constant lr, no "
                       "augmentation; 40 epochs: --featnet-epochs 40), 'convnet' (the DM ConvNet on the full set, no "
                       "augmentation, step decay; a few epochs); --featnet-epochs sets the length of any recipe",
+    "match_net": "the net DM's mean matching (and CM) embeds with: 'random' (a fresh ConvNet each iteration, DM as "
+                 "published) or 'featnet' (the pretrained feature net drawn that iteration, as for CC; the control "
+                 "that separates CC's pull from a trained embedding)",
     "net_norm": "normalisation layers of the embedding ConvNet",
     "net_act": "activation of the embedding ConvNet",
     "net_pooling": "pooling of the embedding ConvNet",
@@ -81,7 +84,7 @@ EVAL_HELP = {
 }
 # Valid values of the name-valued fields: listed in --help and checked by argparse.
 CHOICES = {"method": METHODS, "init": INITS, "model": MODEL_NAMES, "featnet_arch": MODEL_NAMES,
-           "featnet_recipe": tuple(RECIPES), "net_norm": NORMS, "net_act": ACTIVATIONS, "net_pooling": POOLINGS,
+           "featnet_recipe": tuple(RECIPES), "match_net": MATCH_NETS, "net_norm": NORMS, "net_act": ACTIVATIONS, "net_pooling": POOLINGS,
            "cc_form": CC_FORMS, "compile": COMPILE_MODES}
 # `run --first-look`: a first result in minutes on a laptop's CPU. Explicit flags still win.
 FIRST_LOOK = {"iterations": 80, "batch_real": 128, "eval_epochs": 100, "eval_num_models": 2}

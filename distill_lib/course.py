@@ -168,6 +168,31 @@ def show_grid(images, rows: int, cols: int, row_labels=(), title: str | None = N
     return fig
 
 
+def plot_cc_gain(table: dict, title: str = "What CC's gain depends on"):
+    """CC's gain over DM (filled) and the control's, DM matched in the same feature net without CC (hollow),
+    against the feature net's test accuracy, one marker shape per pool size: the table benchmarks/cc_gain.py prints
+    ({"columns", "rows"}, as results/cc_gain.json stores it). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    col = {name: table["columns"].index(name) for name in ("pool", "net accuracy", "CC gain", "control gain")}
+    rows = [(int(r[col["pool"]]), float(r[col["net accuracy"]].rstrip(" %")), float(r[col["CC gain"]]),
+             float(r[col["control gain"]])) for r in table["rows"]]
+    fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
+    ax.axhline(0, color="grey", lw=0.8)
+    for k, pool in enumerate(sorted({r[0] for r in rows})):
+        mine = [r for r in rows if r[0] == pool]
+        marker = "osD^v"[k % 5]
+        ax.scatter([r[1] for r in mine], [r[2] for r in mine], marker=marker, color="C0", s=50,
+                   label=f"+CC, pool of {pool}")
+        ax.scatter([r[1] for r in mine], [r[3] for r in mine], marker=marker, facecolors="none", edgecolors="C1",
+                   s=50, label=f"control: DM in the feature net, pool of {pool}")
+    ax.set_xlabel("feature net's test accuracy (%)")
+    ax.set_ylabel("gain over DM (points)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return fig
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The measured answers. Each benchmark writes results/<benchmark>.json (benchmarks/common.py: write_results); the
 # measurements made before the benchmarks wrote these files are the sections of docs/results.md, each naming its

@@ -33,6 +33,10 @@ from .train import compiled, resolve_device, use_compile
 
 INITS = ("real", "noise")
 METHODS = ("dm", "idm")
+# The net DM's mean matching (and CM) embeds with: a fresh random ConvNet each iteration (DM as published), or the
+# pretrained feature net that CC draws at that iteration: the control that tells CC's pull apart from a trained
+# embedding (with match_net "featnet" and no CC, any gain over DM is the embedding's, not centralization's).
+MATCH_NETS = ("random", "featnet")
 # Settings whose default depends on the method: a field left at None takes its method's value. DM: as published,
 # with the CVPR 2024 authors' DM weights; IDM: the IDM authors' code (lr_img 0.2, 2x2 partitions) with the CVPR 2024
 # authors' IDM weights.
@@ -93,6 +97,7 @@ class DistillConfig:
     # How the feature nets are trained (distill_lib.featnet.RECIPES). "default" takes featnet_arch and
     # featnet_per_class; a named recipe fixes its net and training set. featnet_epochs is the length of any recipe.
     featnet_recipe: str = "default"
+    match_net: str = "random"  # MATCH_NETS; "featnet" is DM only (IDM matches in its queue's nets)
     # Covariance matching (inter-feature relation), on the embedding net's last feature map (DM: the random ConvNet;
     # IDM: the net drawn from the queue).
     cm: bool = False
@@ -127,6 +132,10 @@ class DistillConfig:
             raise ValueError(f"net_norm must be one of {NORMS}, got {self.net_norm!r}")
         if self.cc_form not in losses.CC_FORMS:
             raise ValueError(f"cc_form must be one of {losses.CC_FORMS}, got {self.cc_form!r}")
+        if self.match_net not in MATCH_NETS:
+            raise ValueError(f"match_net must be one of {MATCH_NETS}, got {self.match_net!r}")
+        if self.match_net == "featnet" and self.method != "dm":
+            raise ValueError("match_net 'featnet' is for DM; IDM matches in the nets of its model queue")
         augment.parse_strategy(self.dsa_strategy)
         self._check_featnet_recipe()
 
@@ -139,6 +148,11 @@ class DistillConfig:
             if changed:
                 raise ValueError(f"the {self.featnet_recipe!r} feature-net recipe fixes its net and training set; "
                                  f"leave {' and '.join(changed)} at the default (or use featnet_recipe 'default')")
+
+    @property
+    def uses_featnets(self) -> bool:
+        """Whether the run draws pretrained feature nets: for CC, or as DM's matching net (``match_net``)."""
+        return self.cc or self.match_net == "featnet"
 
     def featnet_spec(self) -> FeatNetSpec:
         """The CC feature net's spec (a pool's first member): the recipe, at featnet_epochs and this run's seed."""
@@ -156,13 +170,15 @@ class DistillConfig:
         """What determines the result, as a JSON-ready dict (cache keys, checkpoint checks): the resolved values.
 
         For DM it leaves out the IDM settings (``method``, the IDM-only fields, and ``factor`` when it is 1), so they
-        never split a DM cache entry; likewise ``featnet_recipe`` when it is "default". The queue's settings appear
+        never split a DM cache entry; likewise ``featnet_recipe`` when it is "default" and ``match_net`` when it is
+        "random". The queue's settings appear
         flat (``queue_length``, ...: ``QUEUE_FIELDS``). Both keep the keys of cached runs and saved files valid
         (docs/cache.md).
         """
         values = canonical(self.resolved())
-        if values["featnet_recipe"] == "default":
-            del values["featnet_recipe"]
+        for name, default in (("featnet_recipe", "default"), ("match_net", "random")):
+            if values[name] == default:
+                del values[name]
         values.update({f"queue_{name}": value for name, value in values.pop("queue").items()})
         if self.method == "dm":
             for name in ("method", *IDM_FIELDS, *(("factor",) if values["factor"] == 1 else ())):
@@ -170,8 +186,9 @@ class DistillConfig:
         return values
 
     def label(self) -> str:
-        """'DM', 'IDM+CC+CM', ...: how tables name the method."""
-        return self.method.upper() + ("+CC" if self.cc else "") + ("+CM" if self.cm else "")
+        """'DM', 'IDM+CC+CM', 'DM(featnet)+CM', ...: how tables name the method."""
+        return (self.method.upper() + ("(featnet)" if self.match_net == "featnet" else "") +
+                ("+CC" if self.cc else "") + ("+CM" if self.cm else ""))
 
     def loss_weights(self) -> dict[str, float]:
         cfg = self.resolved()
@@ -248,14 +265,14 @@ class Distiller:
         if config.method == "idm":
             idm.check_classifier(self.net, config.model)
             self.queue = idm.ModelQueue(self.net, data, config.queue, config.seed, self.device)
-        self.featnets = self._featnet_pool(progress) if config.cc else None
+        self.featnets = self._featnet_pool(progress) if config.uses_featnets else None
         self.images = self._initial_images().to(self.device).requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=resolved.lr_img, momentum=config.momentum)
         self.iteration = 0
         self.history: list[dict] = []
 
     def _featnet_pool(self, progress: bool) -> FeatNetPool:
-        """The CC feature nets: pretrained (or read from the cache) by rank 0 first, then exactly its weights on all."""
+        """The pretrained feature nets (CC's, or DM's matching nets): pretrained (or read from the cache) by rank 0 first, then exactly its weights on all."""
         cfg = self.config
         pool = distributed.main_first(lambda: FeatNetPool(self.data, cfg.featnet_spec(), cfg.featnet_pool,
                                                           self.device, progress and distributed.is_main()))
@@ -285,10 +302,17 @@ class Distiller:
     def labels(self) -> torch.Tensor:
         return torch.arange(self.data.num_classes).repeat_interleave(self.config.ipc)
 
+    def featnet(self, iteration: int) -> torch.nn.Module:
+        """The pretrained feature net drawn at ``iteration`` (one draw serves CC and ``match_net`` "featnet")."""
+        return self.featnets.sample(seeding.generator(self.config.seed, seeding.FEATNET_DRAW, iteration))
+
     def embedding_net(self, iteration: int) -> torch.nn.Module:
-        """The net that embeds at ``iteration``: DM's fresh random net, or the member IDM's queue draws."""
+        """The net that embeds at ``iteration``: DM's fresh random net (or, with ``match_net`` "featnet", the drawn
+        pretrained feature net), or the member IDM's queue draws."""
         if self.queue is not None:
             return self.queue.sample(iteration).net
+        if self.config.match_net == "featnet":
+            return self.featnet(iteration)
         self.net.reset_parameters(seeding.generator(self.config.seed, seeding.NET_INIT, iteration))
         return self.net
 
@@ -322,8 +346,7 @@ class Distiller:
         if cfg.cm:
             terms["cm"] = losses.batched_cm_loss(fmap_real, fmap_syn)
         if cfg.cc:
-            featnet = self.featnets.sample(seeding.generator(seed, seeding.FEATNET_DRAW, iteration))
-            terms["cc"] = losses.batched_cc_loss(featnet.embed(syn).unflatten(0, (nc, n_syn)),
+            terms["cc"] = losses.batched_cc_loss(self.featnet(iteration).embed(syn).unflatten(0, (nc, n_syn)),
                                                  cfg.cc_alpha, cfg.cc_beta, cfg.cc_form)
         if self.queue is not None and cfg.ce_weight > 0:  # IDM's class-aware regulariser, weighted by net accuracy
             logits = net.classifier(embed_syn).unflatten(0, (nc, n_syn))

@@ -40,12 +40,22 @@ def gradient_error(grad: torch.Tensor, grad_ref: torch.Tensor) -> float:
 
 def embedding_net(run, iteration: int, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A plain (NCHW, eager) copy of the net that embeds at ``iteration``: DM's random net drawn from
-    ``NET_INIT(seed, iteration)``, or a copy of the member IDM's queue draws at ``iteration``."""
+    ``NET_INIT(seed, iteration)`` (with ``match_net`` "featnet": the pretrained net drawn from ``FEATNET_DRAW(seed,
+    iteration)``), or a copy of the member IDM's queue draws at ``iteration``."""
     if run.queue is not None:
         return copy.deepcopy(run.queue.sample(iteration).net).to(dtype)
+    if run.config.match_net == "featnet":
+        return copy.deepcopy(_drawn_featnet(run, iteration)).to(dtype)
     net = copy.deepcopy(run.net).to(memory_format=torch.contiguous_format)
     net.reset_parameters(seeding.generator(run.config.seed, seeding.NET_INIT, iteration))
     return net.to(dtype)  # drawn in float32 like the library's, then widened exactly
+
+
+def _drawn_featnet(run, iteration: int) -> nn.Module:
+    """The pool's member drawn at ``iteration``: one integer from ``FEATNET_DRAW(seed, iteration)``."""
+    pool = run.featnets.nets
+    return pool[int(torch.randint(len(pool), (1,), generator=seeding.generator(run.config.seed,
+                                                                                 seeding.FEATNET_DRAW, iteration)))]
 
 
 def loss_terms(run, iteration: int, images: torch.Tensor | None = None,
@@ -59,8 +69,7 @@ def loss_terms(run, iteration: int, images: torch.Tensor | None = None,
     family = augment.choose_family(cfg.dsa_strategy, seeding.generator(seed, seeding.AUGMENT, iteration))
     featnet = None
     if cfg.cc:  # one pretrained feature net per iteration, drawn from the pool
-        featnet = copy.deepcopy(run.featnets.sample(seeding.generator(seed, seeding.FEATNET_DRAW, iteration)))
-        featnet = featnet.to(dtype)
+        featnet = copy.deepcopy(_drawn_featnet(run, iteration)).to(dtype)
     accuracy = run.queue.sample(iteration).accuracy if run.queue is not None else None  # IDM's CE weight
     terms: dict[str, torch.Tensor] = {}
 

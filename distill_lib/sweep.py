@@ -174,6 +174,8 @@ def cell_metrics(cell: Cell, root=None, real_per_class: int = 50) -> dict[str, f
 def describe(cell: Cell) -> str:
     c = cell.config
     extra = f" (CC paper form, beta {c.cc_beta:g})" if c.cc and c.cc_form == "paper" else ""
+    if c.uses_featnets and c.featnet_recipe != "default":
+        extra += f" (feature nets {c.featnet_recipe} {c.featnet_epochs} ep x {c.featnet_pool})"
     ours, own = c.resolved(), replace(c, factor=None, lr_img=None, ce_weight=DistillConfig.ce_weight).resolved()
     extra += "".join(f" ({name} {getattr(ours, name):g})" for name in ("factor", "lr_img", "ce_weight")
                      if getattr(ours, name) != getattr(own, name))  # a departure from the method's own setting
@@ -227,12 +229,12 @@ def pretrain_featnets(cells: list[Cell], root=None) -> None:
 
 
 def featnets_needed(cells: list[Cell]) -> list[tuple[Cell, FeatNetSpec]]:
-    """Each distinct CC feature net the cells will pretrain, once, with a cell whose data it trains on: one per
+    """Each distinct pretrained feature net (CC's, or DM's with match_net "featnet") the cells will pretrain, once, with a cell whose data it trains on: one per
     (data set, validation split, spec), a pool asking for each of its members (:meth:`FeatNetPool.specs`)."""
     needed = {}
     for cell in cells:
         config = cell.config
-        if cell.method != "distill" or not config.cc:
+        if cell.method != "distill" or not config.uses_featnets:
             continue
         for spec in FeatNetPool.specs(config.featnet_spec(), config.featnet_pool):
             needed.setdefault((config.dataset, cell.validation, spec), (cell, spec))

@@ -77,6 +77,31 @@ def test_loss_terms_with_cc_equal_per_class_reference(digits, form, alpha, pool)
     check_against_reference(run, iterations)
 
 
+def test_matching_in_the_feature_net_equals_per_class_reference(digits):
+    """match_net "featnet" (CC's control): DM and CM embed with the pretrained net drawn that iteration, the net CC
+    draws (one pool of two, both members used), not the random ConvNet."""
+    cfg = tiny(match_net="featnet", cc=True, cm=True, featnet_pool=2, **FEATNET)
+    run = Distiller(cfg, digits, options=CPU, progress=False)
+    run.step()
+    iterations = [1, 2, 6]  # FEATNET_DRAW: net 0 at iterations 1 and 2, net 1 at 6
+    assert {run.featnets.nets.index(run.embedding_net(it)) for it in iterations} == {0, 1}
+    check_against_reference(run, iterations)
+    random_nets = Distiller(dataclasses.replace(cfg, match_net="random"), digits, options=CPU, progress=False)
+    random_nets.images.data.copy_(run.images.detach())
+    for it in iterations:  # the same pixels and streams, another embedding: other DM and CM values, the same CC
+        mine, theirs = run.loss_terms(it), random_nets.loss_terms(it)
+        assert not torch.isclose(mine["dm"], theirs["dm"], rtol=1e-2) and not torch.isclose(mine["cm"], theirs["cm"],
+                                                                                          rtol=1e-2)
+        torch.testing.assert_close(mine["cc"], theirs["cc"], rtol=1e-5, atol=0)
+
+
+def test_match_net_names_the_control_and_keeps_dm_keys():
+    assert "match_net" not in tiny().identity()  # DM's cached cells keep their keys
+    assert tiny(match_net="featnet", **FEATNET).identity()["match_net"] == "featnet"
+    assert tiny(match_net="featnet", cm=True, **FEATNET).label() == "DM(featnet)+CM"
+    assert tiny(match_net="featnet").uses_featnets and tiny(cc=True).uses_featnets and not tiny(cm=True).uses_featnets
+
+
 @pytest.mark.skipif(not compile_available(), reason="torch.compile needs a C++ compiler")
 def test_compiled_net_gives_the_reference_terms_and_the_eager_run(digits):
     """compile="on" (DM's net through torch.compile, weights redrawn in place each iteration) computes the same loss
@@ -189,6 +214,8 @@ def test_keyboard_interrupt_saves_checkpoint_and_resume_finishes(digits, tmp_pat
     (dict(init="zeros"), "init"),
     (dict(cc_form="exp"), "cc_form"),
     (dict(net_norm="weird"), "net_norm"),
+    (dict(match_net="trained"), "match_net"),
+    (dict(match_net="featnet", method="idm"), "IDM matches in the nets of its model queue"),
 ])
 def test_bad_config_raises(overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -226,10 +226,11 @@ def test_featnets_needed_once_per_data_split_spec_and_pool_seed():
              Cell(replace(cc, seed=1), PROTOCOL), Cell(cc, PROTOCOL, validation=5),
              Cell(replace(cc, featnet_pool=2), PROTOCOL),  # seeds 0 (already listed) and 1 (listed too)
              Cell(replace(cc, featnet_epochs=2), PROTOCOL),
+             Cell(replace(cc, cc=False, match_net="featnet", featnet_epochs=3), PROTOCOL),  # DM in the feature net
              Cell(BASE, PROTOCOL), Cell(cc, PROTOCOL, method="random"), Cell(cc, PROTOCOL, method="init")]
     needed = sweep.featnets_needed(cells)
     assert [(cell.validation, spec.seed, spec.epochs) for cell, spec in needed] == [(0, 0, 1), (0, 1, 1), (5, 0, 1),
-                                                                                   (0, 0, 2)]
+                                                                                   (0, 0, 2), (0, 0, 3)]
     assert needed[2][0] is cells[3]  # pretrained on that cell's data: the validation split
 
 

@@ -1,0 +1,150 @@
+"""What class centralization's gain depends on: DM, +CC, +CM, +CC+CM and the control, per feature-net strength.
+
+    python benchmarks/cc_gain.py --featnets default:2:1 convnet:6:1 convnet:6:4      # CIFAR-10 IPC 10
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/cc_gain.py --threads 1 ...   # cells over 2 processes
+
+CC pulls each class's synthetic images towards their mean in a *pretrained* feature net. Each ``--featnets`` entry
+``RECIPE:EPOCHS:POOL`` is one feature-net setting (distill_lib.featnet.RECIPES; ``default`` is the ResNet18 on
+``--featnet-per-class`` images per class): a row of the table with the pool's mean test accuracy (stored with each
+net) and, at the same budget, DM (its random nets; the same in every row), DM(featnet) (DM's mean matching done in
+the drawn feature net instead, without CC: the control, whose gain is a trained embedding's, not centralization's),
++CC, +CM (no feature net; the same in every row) and +CC+CM. Gains are in points over DM, mean over seeds x
+evaluation nets. ``--lambda-cc`` with several values chooses lambda_CC per row on ``--validation`` held-out training
+images per class (CC alone on DM, as ablation.py chooses it; the feature nets of those cells are trained without
+the held-out images); with one value it is used as given. Every cell is cached (distill_lib.sweep), so the table
+grows over several runs; the figure (``--figure``) plots CC's gain and the control's against the feature net's
+accuracy, with the pool size as the marker (distill_lib.course.plot_cc_gain, which notebook 04 also uses).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+from common import REPO, parser, say, setup, validation_flags, write_results
+from distill_lib import DistillConfig, EvalProtocol, course, distributed
+from distill_lib.cache import DiskCache, config_key
+from distill_lib.featnet import RECIPES, FeatNetPool, pretrained
+from distill_lib.sweep import Cell, cell_data, choose, pooled, run_cells
+from distill_lib.train import resolve_device
+
+COLUMNS = ("DM", "DM(featnet)", "+CC", "+CM", "+CC+CM")
+
+
+def featnet_setting(text: str, per_class: int) -> dict:
+    """``RECIPE:EPOCHS:POOL`` as DistillConfig fields (``default`` takes the ResNet18 on ``per_class`` images)."""
+    try:
+        name, epochs, pool = text.split(":")
+        epochs, pool = int(epochs), int(pool)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected RECIPE:EPOCHS:POOL (e.g. convnet:6:4), got {text!r}") from None
+    if name not in RECIPES:
+        raise argparse.ArgumentTypeError(f"unknown recipe {name!r}; expected one of {tuple(RECIPES)}")
+    shape = dict(featnet_per_class=per_class) if name == "default" else dict(featnet_recipe=name)
+    return dict(featnet_epochs=epochs, featnet_pool=pool, **shape)
+
+
+def describe_featnet(setting: dict) -> str:
+    recipe = setting.get("featnet_recipe", "default")
+    where = f" on {setting['featnet_per_class']}/class" if recipe == "default" else ""
+    return f"{recipe}{where}, {setting['featnet_epochs']} ep"
+
+
+def pool_accuracy(config: DistillConfig, root=None) -> float:
+    """Mean test accuracy of the config's feature-net pool (each net's, stored with its weights when trained)."""
+    data = cell_data(Cell(config, EvalProtocol()), root)
+    return statistics.fmean(float(pretrained(data, spec)["accuracy"])
+                            for spec in FeatNetPool.specs(config.featnet_spec(), config.featnet_pool))
+
+
+def cell_seconds(cells: list[Cell]) -> str:
+    """Seconds to distil the cells' sets, from their cached histories (mean over the cells, e.g. seeds)."""
+    cache = DiskCache("sweep")
+    made = [sum(r["seconds"] for r in cache.get(cell.key())["history"]) for cell in cells]
+    return f"{statistics.fmean(made):.0f}"
+
+
+def main() -> None:
+    p = parser(__doc__, datasets=["cifar10"], ipcs=[10], seeds=1)
+    p.add_argument("--featnets", nargs="+", required=True, metavar="RECIPE:EPOCHS:POOL",
+                   help="feature-net settings, one row each (e.g. default:2:1 convnet:6:1 convnet:6:4 paper:40:4)")
+    p.add_argument("--featnet-per-class", type=int, default=1000, help="training images per class of 'default'")
+    p.add_argument("--lambda-cc", nargs="+", type=float, default=[0.05],
+                   help="one value: used as given (0.05: the authors' for DM); several: chosen per row on validation")
+    p.add_argument("--lambda-cm", type=float, default=0.01, help="the authors' value for DM by default")
+    p.add_argument("--figure", default=str(REPO / "figures" / "cc_gain.png"), help="'' for none")
+    validation_flags(p)
+    args = p.parse_args()
+    setup(args)
+    settings = [featnet_setting(text, args.featnet_per_class) for text in args.featnets]
+
+    protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
+    distributed.setup(resolve_device(protocol.device))  # under torchrun: join now, so only rank 0 prints
+    choosing = len(args.lambda_cc) > 1
+    lam = (f"lambda_CC chosen per row from {args.lambda_cc} on {args.validation} validation images per class (CC "
+           f"alone, seed 0, {args.val_models} evaluation net(s))" if choosing else f"lambda_CC {args.lambda_cc[0]:g}")
+    budget = (f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, lr_img 1, init real, full DSA; "
+              f"{lam}; lambda_CM {args.lambda_cm:g}; evaluation {protocol.describe()}; {args.seeds} distillation "
+              f"seed(s); mean ± std over seeds x evaluation nets; gains in points over DM.")
+    say(budget + "\n", flush=True)
+
+    rows = []  # (dataset, ipc, setting, DM's config, DM's config with the setting's feature nets)
+    for dataset in args.datasets:
+        for ipc in args.ipcs:
+            dm = DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
+                               lambda_cm=args.lambda_cm)
+            rows += [(dataset, ipc, setting, dm, replace(dm, **setting)) for setting in settings]
+    if choosing:  # CC alone on DM, each row's lambda_CC on the validation split (all rows' candidates one sweep)
+        picks = choose([{v: replace(base, cc=True, lambda_cc=v) for v in args.lambda_cc} for *_, base in rows],
+                       replace(protocol, num_models=args.val_models), args.validation)
+        lambdas = [value for value, _ in picks]
+        for (dataset, ipc, setting, *_), (value, scan) in zip(rows, picks):
+            say(f"  {dataset} ipc{ipc} {describe_featnet(setting)} pool {setting['featnet_pool']}: validation scan "
+                f"of lambda_CC: " + "; ".join(f"{v:g}: {r}" for v, r in scan.items()) + f" -> {value:g}", flush=True)
+    else:
+        lambdas = [args.lambda_cc[0]] * len(rows)
+
+    def columns(dm: DistillConfig, base: DistillConfig, lambda_cc: float) -> dict[str, DistillConfig]:
+        """The row's five configs; DM and +CM use no feature net, so every row shares their cells."""
+        return {"DM": dm, "DM(featnet)": replace(base, match_net="featnet"),
+                "+CC": replace(base, cc=True, lambda_cc=lambda_cc), "+CM": replace(dm, cm=True),
+                "+CC+CM": replace(base, cc=True, cm=True, lambda_cc=lambda_cc)}
+
+    cells = [(i, name, Cell(replace(config, seed=s), protocol))
+             for i, ((*_, dm, base), lambda_cc) in enumerate(zip(rows, lambdas))
+             for name, config in columns(dm, base, lambda_cc).items() for s in range(args.seeds)]
+    unique = list({config_key(cell.key()): cell for *_, cell in cells}.values())  # shared cells once
+    results = dict(zip((config_key(cell.key()) for cell in unique), run_cells(unique)))
+    if not distributed.is_main():
+        return
+
+    say("| dataset | IPC | feature net | pool | net accuracy | lambda_CC | " + " | ".join(COLUMNS) +
+        " | CC gain | control gain | CC+CM gain |")
+    say("|---|---|---|---|---|---|" + "---|" * (len(COLUMNS) + 3))
+    seconds = {}
+    for i, ((dataset, ipc, setting, _, base), lambda_cc) in enumerate(zip(rows, lambdas)):
+        mine = {name: [cell for j, n, cell in cells if j == i and n == name] for name in COLUMNS}
+        got = {name: pooled([results[config_key(cell.key())] for cell in mine[name]]) for name in COLUMNS}
+        gain = {name: 100 * (got[name].mean - got["DM"].mean) for name in COLUMNS}
+        say(f"| {dataset} | {ipc} | {describe_featnet(setting)} | {base.featnet_pool} | "
+            f"{100 * pool_accuracy(base):.2f} % | {lambda_cc:g} | " + " | ".join(str(got[n]) for n in COLUMNS) +
+            f" | {gain['+CC']:+.2f} | {gain['DM(featnet)']:+.2f} | {gain['+CC+CM']:+.2f} |")
+        for name in COLUMNS:
+            seconds.setdefault((dataset, ipc, name if name in ("DM", "+CM") else
+                                f"{name}, {describe_featnet(setting)}, pool {base.featnet_pool}"), mine[name])
+    say("\n## Seconds to distil one set (mean over seeds, from the cells' histories)\n")
+    say("| dataset | IPC | cell | seconds |")
+    say("|---|---|---|---|")
+    for (dataset, ipc, what), those in seconds.items():
+        say(f"| {dataset} | {ipc} | {what} | {cell_seconds(those)} |")
+    path = write_results("cc_gain", args, budget)
+    if args.figure and path is not None:
+        figure = course.plot_cc_gain(course.measured_from_json("cc_gain", path).tables[0])
+        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(args.figure, dpi=120)
+        say(f"Figure: {args.figure}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""benchmarks/cc_gain.py (what CC's gain depends on) end to end on digits, and the figure drawn from its table.
+
+The script runs in a subprocess at the tiniest budget, into a temporary cache and results folder. Its table must be
+what its columns claim: DM and +CM are the same cells in every row (no feature net), the gains are the differences of
+the printed accuracies, a row's net accuracy is the stored test accuracy of its pool, and the control (DM matched in
+the feature net) is a different set from DM's.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+
+from distill_lib import course
+from distill_lib.data import load_dataset
+from distill_lib.featnet import pretrained, recipe
+
+matplotlib.use("Agg")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def percent(text: str) -> float:
+    return float(text.split(" %")[0].split(" ± ")[0])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cc_gain")
+    env = {**os.environ, "DISTILL_CACHE": str(tmp / "cache"), "DISTILL_RESULTS": str(tmp / "results"),
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    argv = ["--datasets", "digits", "--iterations", "5", "--batch-real", "16", "--eval-epochs", "20", "--models", "1",
+            "--featnets", "default:1:1", "convnet:1:2", "--featnet-per-class", "20", "--threads", "1",
+            "--figure", str(tmp / "cc_gain.png")]
+    job = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cc_gain.py"), *argv], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert job.returncode == 0, job.stderr[-3000:]
+    record = json.loads((tmp / "results" / "cc_gain.json").read_text(encoding="utf-8"))
+    return tmp, job, record
+
+
+def test_the_table_is_what_its_columns_claim(run, monkeypatch):
+    tmp, job, record = run
+    table, seconds = record["tables"]
+    col = {name: k for k, name in enumerate(table["columns"])}
+    rows = table["rows"]
+    assert [(r[col["feature net"]], r[col["pool"]]) for r in rows] == [("default on 20/class, 1 ep", "1"),
+                                                                       ("convnet, 1 ep", "2")]
+    assert rows[0][col["DM"]] == rows[1][col["DM"]] and rows[0][col["+CM"]] == rows[1][col["+CM"]]
+    for r in rows:
+        dm = percent(r[col["DM"]])
+        for gain, column in (("CC gain", "+CC"), ("control gain", "DM(featnet)"), ("CC+CM gain", "+CC+CM")):
+            assert float(r[col[gain]]) == pytest.approx(percent(r[col[column]]) - dm, abs=0.011)
+        assert r[col["lambda_CC"]] == "0.05"
+    assert percent(rows[0][col["DM(featnet)"]]) != percent(rows[0][col["DM"]])  # the control is another set
+    # the row's net accuracy: the pool's stored test accuracies (two convnet nets, seeds 0 and 1), read back here
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp / "cache"))
+    data = load_dataset("digits")
+    stored = [float(pretrained(data, recipe("convnet", epochs=1, seed=s))["accuracy"]) for s in (0, 1)]
+    assert percent(rows[1][col["net accuracy"]]) == pytest.approx(100 * sum(stored) / 2, abs=0.006)
+    assert [r[2] for r in seconds["rows"]][:2] == ["DM", "DM(featnet), default on 20/class, 1 ep, pool 1"]
+    assert all(float(r[3]) > 0 for r in seconds["rows"])
+    assert record["protocol"].startswith("Budget: 5 iterations, batch_real 16") and "lambda_CC 0.05" in record["protocol"]
+    assert (tmp / "cc_gain.png").stat().st_size > 10_000
+
+
+def test_the_figure_plots_each_rows_gains_against_its_net_accuracy(run):
+    _, _, record = run
+    table = record["tables"][0]
+    figure = course.plot_cc_gain(table)
+    col = {name: k for k, name in enumerate(table["columns"])}
+    points = {tuple(map(float, xy)) for collection in figure.axes[0].collections for xy in collection.get_offsets()}
+    want = {(percent(r[col["net accuracy"]]), float(r[col[gain]])) for r in table["rows"]
+            for gain in ("CC gain", "control gain")}
+    assert len(figure.axes[0].collections) == 4  # filled and hollow markers for each of the two pool sizes
+    torch.testing.assert_close(torch.tensor(sorted(points)), torch.tensor(sorted(want)))
