@@ -36,6 +36,7 @@ HELP = {
     "ipc": "stored synthetic images per class (the storage budget, whatever the factor)",
     "iterations": "distillation iterations (the paper: 20000; a CPU budget: a few hundred)",
     "lr_img": "SGD learning rate on the synthetic pixels",
+    "lr_half_life": "halve lr_img every this many iterations (0: constant, as published)",
     "factor": "partitions per side: each stored image holds factor x factor tiles, each upsampled to a training "
               "image",
     "queue_length": "IDM: most nets in the model queue (the oldest is popped)",

@@ -46,6 +46,8 @@ METHOD_DEFAULTS = {"dm": {"lr_img": 1.0, "factor": 1, "lambda_cc": 0.05, "lambda
 QUEUE_FIELDS = tuple(f"queue_{f.name}" for f in dataclasses.fields(idm.QueueSpec))
 # Fields only IDM reads (its model queue and class-aware regulariser), as identity() names them.
 IDM_FIELDS = (*QUEUE_FIELDS, "ce_weight")
+# Fields added after cells were cached: identity() leaves each out at this default, so the cached cells keep their keys.
+OMITTED_AT_DEFAULT = {"featnet_recipe": "default", "match_net": "random", "lr_half_life": 0}
 # Fields that may differ between a checkpoint and the run that resumes it without changing what is computed.
 RESUMABLE_FIELDS = ("iterations",)
 # "auto" compiles DM's net on CPU from this much work (iterations x classes x batch_real x pixels per image pushed
@@ -66,6 +68,9 @@ class DistillConfig:
     ipc: int = 10  # stored images per class: the storage budget, whatever the factor
     iterations: int = 200
     lr_img: float | None = None
+    # lr_img halves every lr_half_life iterations (0: constant, as published). A function of the iteration alone, not
+    # of the run's length, so a shorter run is a prefix of a longer one (snapshots and resume stay exact).
+    lr_half_life: int = 0
     momentum: float = 0.5
     batch_real: int = 256
     init: str = "real"
@@ -121,7 +126,7 @@ class DistillConfig:
             check_factor(self.factor, DATASETS[self.dataset].image_size, f"images of {self.dataset!r}")
         if not isinstance(self.queue, idm.QueueSpec):
             raise ValueError(f"queue must be a distill_lib.idm.QueueSpec, got {self.queue!r}")
-        for name in ("momentum", "featnet_per_class", "cc_beta", "ce_weight"):
+        for name in ("momentum", "featnet_per_class", "cc_beta", "ce_weight", "lr_half_life"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.init not in INITS:
@@ -170,13 +175,13 @@ class DistillConfig:
         """What determines the result, as a JSON-ready dict (cache keys, checkpoint checks): the resolved values.
 
         For DM it leaves out the IDM settings (``method``, the IDM-only fields, and ``factor`` when it is 1), so they
-        never split a DM cache entry; likewise ``featnet_recipe`` when it is "default" and ``match_net`` when it is
-        "random". The queue's settings appear
+        never split a DM cache entry; likewise the fields of ``OMITTED_AT_DEFAULT`` at their defaults (settings added
+        after cells were cached). The queue's settings appear
         flat (``queue_length``, ...: ``QUEUE_FIELDS``). Both keep the keys of cached runs and saved files valid
         (docs/cache.md).
         """
         values = canonical(self.resolved())
-        for name, default in (("featnet_recipe", "default"), ("match_net", "random")):
+        for name, default in OMITTED_AT_DEFAULT.items():
             if values[name] == default:
                 del values[name]
         values.update({f"queue_{name}": value for name, value in values.pop("queue").items()})
@@ -391,7 +396,10 @@ class Distiller:
             if queue_before is not None:
                 self.queue.load_state_dict(queue_before)
             raise NonFiniteStep(f"iteration {self.iteration}: {problem}")
+        self.optimizer.param_groups[0]["lr"] = lr = self.lr_at(self.iteration)
         self.optimizer.step()
+        if self.config.lr_half_life:
+            record["lr_img"] = lr
         if self.queue is not None:
             record["net_accuracy"] = self.queue.sample(self.iteration).accuracy  # the CE weight used
             self.queue.train(self.iteration)  # IDM: the chosen nets learn a few steps on real data
@@ -399,6 +407,11 @@ class Distiller:
         self.history.append(record)
         self.iteration += 1
         return record
+
+    def lr_at(self, iteration: int) -> float:
+        """lr_img at ``iteration``: halved every ``lr_half_life`` iterations (constant when it is 0)."""
+        lr, half_life = self.config.resolved().lr_img, self.config.lr_half_life
+        return lr * 0.5 ** (iteration / half_life) if half_life else lr
 
     def result(self) -> SyntheticSet:
         """The whole synthetic set (gathered from every process; the same on all)."""

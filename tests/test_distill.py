@@ -168,6 +168,28 @@ def test_resume_equals_uninterrupted(digits, tmp_path):
         distill(tiny(iterations=5), digits, checkpoint=ckpt, resume=True, options=CPU, progress=False)
 
 
+def test_lr_half_life_halves_the_step_and_keeps_shorter_runs_a_prefix(digits, tmp_path):
+    """lr_img * 0.5 ** (t / half_life) at iteration t: each update is that lr times SGD's momentum buffer (checked
+    against the buffer itself, exactly), the history records it, and a 3-iteration run resumed to 6 iterations is
+    the 6-iteration run (the schedule does not depend on the run's length)."""
+    cfg = tiny(iterations=6, lr_img=4.0, lr_half_life=2)
+    run = Distiller(cfg, digits, options=CPU, progress=False)
+    for t in range(4):
+        before = run.images.detach().clone()
+        record = run.step()
+        buffer = run.optimizer.state[run.images]["momentum_buffer"]
+        assert record["lr_img"] == 4.0 * 0.5 ** (t / 2)
+        torch.testing.assert_close(run.images.detach(), before - record["lr_img"] * buffer, rtol=0, atol=1e-6)
+    full = distill(cfg, digits, options=CPU, progress=False)
+    distill(tiny(iterations=3, lr_img=4.0, lr_half_life=2), digits, checkpoint=tmp_path / "c.pt", options=CPU,
+            progress=False)
+    resumed = distill(cfg, digits, checkpoint=tmp_path / "c.pt", resume=True, options=CPU, progress=False)
+    assert torch.equal(resumed.images, full.images)
+    constant = distill(tiny(iterations=6, lr_img=4.0), digits, options=CPU, progress=False)
+    assert not torch.allclose(constant.images, full.images) and "lr_img" not in constant.history[0]
+    assert "lr_half_life" not in tiny().identity() and tiny(lr_half_life=50).identity()["lr_half_life"] == 50
+
+
 def test_resume_from_other_config_names_the_field(digits, tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     distill(tiny(iterations=2), digits, checkpoint=ckpt, options=CPU, progress=False)
@@ -215,6 +237,7 @@ def test_keyboard_interrupt_saves_checkpoint_and_resume_finishes(digits, tmp_pat
     (dict(cc_form="exp"), "cc_form"),
     (dict(net_norm="weird"), "net_norm"),
     (dict(match_net="trained"), "match_net"),
+    (dict(lr_half_life=-1), "lr_half_life"),
     (dict(match_net="featnet", method="idm"), "IDM matches in the nets of its model queue"),
 ])
 def test_bad_config_raises(overrides, match):
