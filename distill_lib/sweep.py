@@ -179,6 +179,7 @@ def describe(cell: Cell) -> str:
     ours, own = c.resolved(), replace(c, factor=None, lr_img=None, ce_weight=DistillConfig.ce_weight).resolved()
     extra += "".join(f" ({name} {getattr(ours, name):g})" for name in ("factor", "lr_img", "ce_weight")
                      if getattr(ours, name) != getattr(own, name))  # a departure from the method's own setting
+    extra += f" (lr half-life {c.lr_half_life})" if c.lr_half_life else ""
     what = {"random": "random", "init": f"{c.label()} initialisation"}.get(cell.method,
                                                                              f"{c.label()}{extra} {c.iterations} it")
     where = f"val{cell.validation}" if cell.validation else "test"

@@ -1,0 +1,199 @@
+"""Time to accuracy: test accuracy (papers' protocol) against seconds of distillation, per distillation setting.
+
+    python benchmarks/time_to_accuracy.py                       # CIFAR-10 IPC 10, the default settings below
+    python benchmarks/time_to_accuracy.py --setting "b64-decay:batch_real=64,lr_img=4,lr_half_life=200" \\
+        --snapshots 50 100 200 400 600 --target 48.9
+
+A setting is ``NAME:field=value,...`` (DistillConfig fields over DM as the authors run it, ``authors``: batch_real
+``--batch-real`` (256), lr_img 1, constant). Each setting is one run, read at ``--snapshots`` iteration counts: the sweep
+caches each count's set and resumes a longer run from the shorter one, so a curve costs one run and an evaluation
+per point.
+
+Seconds: each setting's seconds per iteration are timed in this process (``--time-iterations`` iterations on
+random images of the data set's shape, settings and the plain per-class reference loop interleaved, as
+benchmarks/speed.py times them; median), so every curve's time axis comes from one run on one machine, whenever
+its cells were computed: a point at n iterations sits at n x that median. The reference loop
+(``distill_lib.reference``, the shape of the authors' code) computes the authors' setting's maths, so its curve is
+the authors' accuracies at the reference's seconds.
+
+Stage 1 (validation): every setting's curve on ``--validation`` held-out training images per class (``--val-models``
+evaluation nets, ``--val-epochs`` epochs); the setting with the best validation accuracy within ``--budget`` seconds
+is chosen. Stage 2 (test): the authors' setting and the chosen one (``--test all``: every setting) at every snapshot,
+``--models`` nets of ``--eval-epochs`` epochs. Tables: the curves, and each setting's time to ``--target`` percent
+(the first snapshot at or above it). The figure (``--figure``) draws the test curves against seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import typing
+from dataclasses import replace
+from pathlib import Path
+
+from common import REPO, parser, say, setup, validation_flags, write_results
+from distill_lib import DistillConfig, EvalProtocol, distributed
+from distill_lib.sweep import Cell, run_cells
+from distill_lib.train import resolve_device
+from speed import random_data, time_distill
+
+AUTHORS = "authors"
+DEFAULT_SETTINGS = [AUTHORS, "b128:batch_real=128", "b64:batch_real=64",
+                    "b64-lr4-decay:batch_real=64,lr_img=4,lr_half_life=200"]
+FIELD_TYPES = typing.get_type_hints(DistillConfig)
+
+
+def parse_setting(text: str) -> tuple[str, dict]:
+    """``NAME:field=value,...`` as (name, DistillConfig fields with their types); ``NAME`` alone has no fields."""
+    name, _, body = text.partition(":")
+    if not name:
+        raise argparse.ArgumentTypeError(f"setting {text!r} has no name")
+    fields = {}
+    for item in filter(None, body.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in FIELD_TYPES or key in ("dataset", "ipc", "iterations", "seed"):
+            raise argparse.ArgumentTypeError(f"setting {text!r}: {item!r} is not field=value of a DistillConfig field "
+                                             "other than dataset, ipc, iterations and seed")
+        fields[key] = convert(FIELD_TYPES[key], value, text)
+    return name, fields
+
+
+def convert(kind, value: str, text: str):
+    """``value`` as the field type ``kind`` (bool, int, float, str, or one of them or None)."""
+    options = typing.get_args(kind) or (kind,)
+    if bool in options:
+        return value.lower() in ("1", "true", "yes", "on")
+    for option in (int, float, str):
+        if option in options:
+            try:
+                return option(value)
+            except ValueError:
+                continue
+    raise argparse.ArgumentTypeError(f"setting {text!r}: {value!r} is not a {kind}")
+
+
+def seconds_per_iteration(configs: dict[str, DistillConfig], reps: int) -> tuple[dict[str, float], float]:
+    """Median seconds per iteration of each config (library) and of the reference loop on the authors' config,
+    timed here on random images of the data set's shape, each interleaved with the reference (speed.time_distill)."""
+    data = random_data(configs[AUTHORS].dataset, max(c.batch_real for c in configs.values()) + 10, 10)
+    library, reference = {}, []
+    for name, config in configs.items():
+        lib, ref, _, _ = time_distill(config, data, reps)
+        library[name] = statistics.median(lib)
+        if name == AUTHORS:
+            reference = ref
+    return library, statistics.median(reference)
+
+
+def curve_rows(name: str, snapshots: list[int], per_it: float, results) -> list[str]:
+    return [f"| {name} | {n} | {n * per_it:.0f} | {r} |" for n, r in zip(snapshots, results)]
+
+
+def time_to(target: float, snapshots: list[int], per_it: float, results) -> tuple[float | None, str]:
+    """Seconds at the first snapshot whose mean accuracy reaches ``target`` percent (None if none does), in words."""
+    for n, r in zip(snapshots, results):
+        if 100 * r.mean >= target:
+            return n * per_it, f"{n * per_it:.0f} s ({n} iterations)"
+    best_n, best = max(zip(snapshots, results), key=lambda t: t[1].mean)
+    return None, f"not reached (best {100 * best.mean:.2f} % at {best_n * per_it:.0f} s)"
+
+
+def plot(curves: dict[str, tuple[list[float], list[float]]], target: float, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    for name, (seconds, accuracies) in curves.items():
+        ax.plot(seconds, accuracies, marker="o", ls="--" if "reference" in name else "-", label=name)
+    ax.axhline(target, color="grey", lw=0.8, ls=":", label=f"{target:g} %")
+    ax.set_xlabel("seconds of distillation (this machine's seconds per iteration x iterations)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = parser(__doc__, datasets=["cifar10"], ipcs=[10], seeds=1)
+    p.set_defaults(batch_real=256)  # the authors' setting: --batch-real is its real batch
+    p.add_argument("--setting", action="append", dest="settings", metavar="NAME:field=value,...",
+                   help=f"a distillation setting (repeat; default: {' '.join(DEFAULT_SETTINGS)})")
+    p.add_argument("--snapshots", nargs="+", type=int, default=[50, 100, 200, 400, 600], help="iteration counts")
+    p.add_argument("--target", type=float, default=48.9, help="test accuracy (%%) to reach")
+    p.add_argument("--budget", type=float, default=480, help="seconds within which stage 1 compares the settings")
+    p.add_argument("--val-epochs", type=int, help="evaluation epochs of the validation cells (default --eval-epochs)")
+    p.add_argument("--test", choices=("chosen", "all"), default="chosen", help="settings in the test stage")
+    p.add_argument("--time-iterations", type=int, default=5, help="timed iterations per setting")
+    p.add_argument("--figure", default=str(REPO / "figures" / "time_to_accuracy.png"), help="'' for none")
+    validation_flags(p)
+    args = p.parse_args()
+    setup(args)
+    settings = dict(parse_setting(text) for text in (args.settings or DEFAULT_SETTINGS))
+    if AUTHORS not in settings:
+        settings = {AUTHORS: {}, **settings}
+    [dataset], [ipc], snapshots = args.datasets, args.ipcs, sorted(args.snapshots)
+    base = DistillConfig(dataset=dataset, ipc=ipc, iterations=snapshots[-1], batch_real=args.batch_real)
+    configs = {name: replace(base, **fields) for name, fields in settings.items()}
+    protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
+    val_protocol = replace(protocol, epochs=args.val_epochs or args.eval_epochs, num_models=args.val_models)
+    distributed.setup(resolve_device(protocol.device))
+    budget = (f"Budget: {dataset} IPC {ipc}, snapshots at {snapshots} iterations, seed 0; settings: " +
+              "; ".join(f"{n} ({', '.join(f'{k} {v}' for k, v in f.items()) or f'batch_real {args.batch_real}, lr_img 1'})"
+                        for n, f in settings.items()) +
+              f"; chosen on {args.validation} validation images per class by accuracy within {args.budget:g} s "
+              f"(evaluation {val_protocol.describe()}); test evaluation {protocol.describe()}.")
+    say(budget + "\n", flush=True)
+
+    per_it, reference = seconds_per_iteration(configs, args.time_iterations)
+    say("| setting | s / iteration | x the reference loop |")
+    say("|---|---|---|")
+    say(f"| reference loop ({AUTHORS}) | {reference:.3f} | 1.00 |")
+    for name, seconds in per_it.items():
+        say(f"| {name} | {seconds:.3f} | {seconds / reference:.2f} |", flush=True)
+
+    def curves(names: list[str], proto: EvalProtocol, validation: int) -> dict[str, list]:
+        cells = [Cell(replace(configs[n], iterations=k), proto, validation=validation) for n in names for k in snapshots]
+        results = iter(run_cells(cells))
+        return {n: [next(results) for _ in snapshots] for n in names}
+
+    val = curves(list(configs), val_protocol, args.validation)
+
+    def within_budget(name: str) -> float:
+        reached = [r.mean for k, r in zip(snapshots, val[name]) if k * per_it[name] <= args.budget]
+        return max(reached, default=0.0)
+    chosen = max(configs, key=within_budget)
+    say(f"\n## Validation ({args.validation} images per class)\n")
+    say("| setting | iterations | seconds | validation accuracy |")
+    say("|---|---|---|---|")
+    for name in configs:
+        say("\n".join(curve_rows(name, snapshots, per_it[name], val[name])))
+    say(f"\nChosen on validation (best within {args.budget:g} s): {chosen}")
+
+    tested = list(configs) if args.test == "all" else list(dict.fromkeys([AUTHORS, chosen]))
+    test = curves(tested, protocol, 0)
+    say("\n## Test\n")
+    say("| setting | iterations | seconds | test accuracy |")
+    say("|---|---|---|---|")
+    for name in tested:
+        say("\n".join(curve_rows(name, snapshots, per_it[name], test[name])))
+    rows = {f"reference loop ({AUTHORS})": (reference, test[AUTHORS])} | {n: (per_it[n], test[n]) for n in tested}
+    say("\n".join(curve_rows(f"reference loop ({AUTHORS})", snapshots, reference, test[AUTHORS])))
+    say(f"\n## Time to {args.target:g} %\n")
+    say("| setting | time to target | x the reference loop's |")
+    say("|---|---|---|")
+    ref_seconds, _ = time_to(args.target, snapshots, reference, test[AUTHORS])
+    for name, (seconds, results) in rows.items():
+        reached, words = time_to(args.target, snapshots, seconds, results)
+        ratio = f"{reached / ref_seconds:.2f}" if reached is not None and ref_seconds is not None else "-"
+        say(f"| {name} | {words} | {ratio} |")
+    path = write_results("time_to_accuracy", args, budget)
+    if args.figure and path is not None:
+        lines = {name: ([k * seconds for k in snapshots], [100 * r.mean for r in results])
+                 for name, (seconds, results) in rows.items()}
+        plot(lines, args.target, Path(args.figure), f"{dataset} IPC {ipc}: {protocol.describe()}")
+        say(f"Figure: {args.figure}")
+
+
+if __name__ == "__main__":
+    main()
