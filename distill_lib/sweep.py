@@ -32,6 +32,9 @@ from .synthetic import SyntheticSet
 from .train import resolve_device
 
 METHODS = ("distill", "random", "init")
+# A distillation in a cell also caches its state every this many iterations: each is exactly the set of a shorter run,
+# so an interrupted cell (or a longer one later) resumes from the last of them instead of from the start.
+SNAPSHOT_EVERY = 100
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,12 @@ def synthetic_sets(cell: Cell, iterations: list[int], root=None,
     def key(n: int) -> dict:
         return {"config": replace(cell.config, iterations=n).identity(), "validation": cell.validation}
 
+    def listed(n: int) -> None:
+        """Record that the set after n iterations is cached (the run's lineage)."""
+        if n not in lineage:
+            lineage.add(n)
+            cache.put(_lineage(cell), sorted(lineage))
+
     def longest_cached_shorter(n: int) -> dict | None:
         shorter = sorted((m for m in lineage if m < n), reverse=True)
         return next((state for state in map(cache.get, map(key, shorter)) if state is not None), None)
@@ -115,15 +124,21 @@ def synthetic_sets(cell: Cell, iterations: list[int], root=None,
                 run.load_state_dict(previous)
             while run.iteration < config.iterations:
                 run.step()
-            return {**run.state_dict(), "labels": run.labels(), "factor": run.factor}
+                if run.iteration % SNAPSHOT_EVERY == 0 and run.iteration < config.iterations:
+                    cache.put(key(run.iteration), state_of(run))  # a shorter run's exact result: resumable
+                    listed(run.iteration)
+            return state_of(run)
 
         state = cache.get_or_compute(key(n), compute)
-        if n not in lineage:
-            lineage.add(n)
-            cache.put(_lineage(cell), sorted(lineage))
+        listed(n)
         sets[n] = SyntheticSet(state["images"], state["labels"], full.mean, full.std, list(full.classes),
                                state["config"], state["history"], state["factor"])
     return sets
+
+
+def state_of(run: Distiller) -> dict:
+    """What the set cache keeps of a run: its resumable state, labels and partition factor."""
+    return {**run.state_dict(), "labels": run.labels(), "factor": run.factor}
 
 
 def synthetic_set(cell: Cell, root=None, cache: DiskCache | None = None) -> SyntheticSet:

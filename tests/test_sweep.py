@@ -155,6 +155,29 @@ def test_a_longer_cell_resumes_from_the_longest_cached_shorter_run(digits, calls
     assert calls.steps == 5
 
 
+def test_an_interrupted_cell_resumes_from_its_last_snapshot(digits, calls, monkeypatch):
+    """Every SNAPSHOT_EVERY iterations a cell's run caches its state (a shorter run's exact set): after Ctrl-C at
+    iteration 7 with snapshots every 3, the rerun takes 9 - 6 steps and gives the uninterrupted set."""
+    monkeypatch.setattr(sweep, "SNAPSHOT_EVERY", 3)
+    cell = Cell(replace(BASE, iterations=9), PROTOCOL)
+    counting_step = Distiller.step
+
+    def interrupted(run):
+        if run.iteration == 7:
+            raise KeyboardInterrupt
+        return counting_step(run)
+    monkeypatch.setattr(Distiller, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic_set(cell)
+    assert calls.steps == 7
+    monkeypatch.setattr(Distiller, "step", counting_step)
+    calls.steps = 0
+    resumed = synthetic_set(cell)
+    assert calls.steps == 3
+    assert torch.equal(resumed.images, distill(cell.config, digits, progress=False).images)
+    assert DiskCache("synthetic").get(sweep._lineage(cell)) == [3, 6, 9]
+
+
 def test_synthetic_sets_rejects_bad_requests():
     with pytest.raises(ValueError, match="only 'distill' cells"):
         synthetic_sets(Cell(BASE, PROTOCOL, method="random"), [2])
