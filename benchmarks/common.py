@@ -9,6 +9,7 @@ import os
 import platform
 import shlex
 import sys
+import typing
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,6 +43,39 @@ def validation_flags(p: argparse.ArgumentParser) -> None:
     set) and with how many evaluation nets per candidate."""
     p.add_argument("--validation", type=int, default=500, help="held-out training images per class for choosing")
     p.add_argument("--val-models", type=int, default=1, help="evaluation nets per validation cell")
+
+
+BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def named_fields(text: str, cls, reserved: tuple[str, ...] = ()) -> tuple[str, dict]:
+    """``NAME:field=value,...`` as (NAME, {field: value}) with each value converted to the type of that field of
+    dataclass ``cls`` (bool, int, float, str, or one of them or None); ``reserved`` fields may not be set."""
+    types = typing.get_type_hints(cls)
+    name, _, body = text.partition(":")
+    if not name:
+        raise argparse.ArgumentTypeError(f"setting {text!r} has no name")
+    fields = {}
+    for item in filter(None, body.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in types or key in reserved:
+            raise argparse.ArgumentTypeError(f"setting {text!r}: {item!r} is not field=value of a {cls.__name__} field"
+                                             + (f" other than {', '.join(reserved)}" if reserved else ""))
+        fields[key] = _typed(types[key], value, text)
+    return name, fields
+
+
+def _typed(kind, value: str, text: str):
+    options = typing.get_args(kind) or (kind,)
+    if bool in options and value.lower() in BOOLEANS:
+        return BOOLEANS[value.lower()]
+    for option in (int, float, str) if bool not in options else ():
+        if option in options:
+            try:
+                return option(value)
+            except ValueError:
+                continue
+    raise argparse.ArgumentTypeError(f"setting {text!r}: {value!r} is not a {kind}")
 
 
 def say(*args, **kwargs) -> None:

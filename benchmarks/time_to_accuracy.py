@@ -24,13 +24,11 @@ is chosen. Stage 2 (test): the authors' setting and the chosen one (``--test all
 """
 from __future__ import annotations
 
-import argparse
 import statistics
-import typing
 from dataclasses import replace
 from pathlib import Path
 
-from common import REPO, parser, say, setup, validation_flags, write_results
+from common import REPO, named_fields, parser, say, setup, validation_flags, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.sweep import Cell, run_cells
 from distill_lib.train import resolve_device
@@ -39,36 +37,11 @@ from speed import random_data, time_distill
 AUTHORS = "authors"
 DEFAULT_SETTINGS = [AUTHORS, "b128:batch_real=128", "b64:batch_real=64",
                     "b64-lr4-decay:batch_real=64,lr_img=4,lr_half_life=200"]
-FIELD_TYPES = typing.get_type_hints(DistillConfig)
 
 
 def parse_setting(text: str) -> tuple[str, dict]:
-    """``NAME:field=value,...`` as (name, DistillConfig fields with their types); ``NAME`` alone has no fields."""
-    name, _, body = text.partition(":")
-    if not name:
-        raise argparse.ArgumentTypeError(f"setting {text!r} has no name")
-    fields = {}
-    for item in filter(None, body.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in FIELD_TYPES or key in ("dataset", "ipc", "iterations", "seed"):
-            raise argparse.ArgumentTypeError(f"setting {text!r}: {item!r} is not field=value of a DistillConfig field "
-                                             "other than dataset, ipc, iterations and seed")
-        fields[key] = convert(FIELD_TYPES[key], value, text)
-    return name, fields
-
-
-def convert(kind, value: str, text: str):
-    """``value`` as the field type ``kind`` (bool, int, float, str, or one of them or None)."""
-    options = typing.get_args(kind) or (kind,)
-    if bool in options:
-        return value.lower() in ("1", "true", "yes", "on")
-    for option in (int, float, str):
-        if option in options:
-            try:
-                return option(value)
-            except ValueError:
-                continue
-    raise argparse.ArgumentTypeError(f"setting {text!r}: {value!r} is not a {kind}")
+    """``NAME:field=value,...`` as (name, typed DistillConfig fields) (common.named_fields)."""
+    return named_fields(text, DistillConfig, reserved=("dataset", "ipc", "iterations", "seed"))
 
 
 def seconds_per_iteration(configs: dict[str, DistillConfig], reps: int) -> tuple[dict[str, float], float]:

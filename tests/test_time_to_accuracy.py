@@ -26,7 +26,7 @@ def test_settings_parse_to_typed_config_fields():
     assert tta.parse_setting("fast:batch_real=64,lr_img=4,lr_half_life=200,cm=true") == (
         "fast", {"batch_real": 64, "lr_img": 4.0, "lr_half_life": 200, "cm": True})
     assert tta.parse_setting("r:featnet_recipe=convnet") == ("r", {"featnet_recipe": "convnet"})
-    for bad in ("x:batch_real", "x:bogus=1", "x:iterations=5", "x:batch_real=6.5", ":lr_img=2"):
+    for bad in ("x:batch_real", "x:bogus=1", "x:iterations=5", "x:batch_real=6.5", ":lr_img=2", "x:cm=maybe"):
         with pytest.raises(argparse.ArgumentTypeError):
             tta.parse_setting(bad)
 
