@@ -161,10 +161,11 @@ def run_cell(cell: Cell, root=None, cache: DiskCache | None = None, verbose: boo
         syn = synthetic_set(cell, root, DiskCache("synthetic", cache.dir.parent))
         made = time.perf_counter() - start
         result = evaluate(syn, data, cell.protocol)
+        evaluated = time.perf_counter() - start - made
         if verbose:
-            print(f"  [cell] {describe(cell)}: {result} (make {made:.0f} s, evaluate "
-                  f"{time.perf_counter() - start - made:.0f} s)", file=sys.stderr, flush=True)
-        return {"accuracies": list(result.accuracies), "history": syn.history}
+            print(f"  [cell] {describe(cell)}: {result} (make {made:.0f} s, evaluate {evaluated:.0f} s)",
+                  file=sys.stderr, flush=True)
+        return {"accuracies": list(result.accuracies), "history": syn.history, "evaluate_seconds": evaluated}
 
     value = cache.get_or_compute(cell.key(), compute)
     return EvalResult(tuple(value["accuracies"]), asdict(cell.protocol))
