@@ -73,6 +73,8 @@ def main() -> None:
     p.add_argument("--lambda-cc", nargs="+", type=float, default=[0.05],
                    help="one value: used as given (0.05: the authors' for DM); several: chosen per row on validation")
     p.add_argument("--lambda-cm", type=float, default=0.01, help="the authors' value for DM by default")
+    p.add_argument("--columns", nargs="+", choices=COLUMNS, default=list(COLUMNS),
+                   help="the columns to measure (DM always: the gains are over it); '-' in the table for the others")
     p.add_argument("--figure", default=str(REPO / "figures" / "cc_gain.png"), help="'' for none")
     validation_flags(p)
     args = p.parse_args()
@@ -111,9 +113,10 @@ def main() -> None:
                 "+CC": replace(base, cc=True, lambda_cc=lambda_cc), "+CM": replace(dm, cm=True),
                 "+CC+CM": replace(base, cc=True, cm=True, lambda_cc=lambda_cc)}
 
+    measured = {"DM", *args.columns}
     cells = [(i, name, Cell(replace(config, seed=s), protocol))
              for i, ((*_, dm, base), lambda_cc) in enumerate(zip(rows, lambdas))
-             for name, config in columns(dm, base, lambda_cc).items() for s in range(args.seeds)]
+             for name, config in columns(dm, base, lambda_cc).items() if name in measured for s in range(args.seeds)]
     unique = list({config_key(cell.key()): cell for *_, cell in cells}.values())  # shared cells once
     results = dict(zip((config_key(cell.key()) for cell in unique), run_cells(unique)))
     if not distributed.is_main():
@@ -124,15 +127,17 @@ def main() -> None:
     say("|---|---|---|---|---|---|" + "---|" * (len(COLUMNS) + 3))
     seconds = {}
     for i, ((dataset, ipc, setting, _, base), lambda_cc) in enumerate(zip(rows, lambdas)):
-        mine = {name: [cell for j, n, cell in cells if j == i and n == name] for name in COLUMNS}
-        got = {name: pooled([results[config_key(cell.key())] for cell in mine[name]]) for name in COLUMNS}
-        gain = {name: 100 * (got[name].mean - got["DM"].mean) for name in COLUMNS}
+        mine = {name: [cell for j, n, cell in cells if j == i and n == name] for name in COLUMNS if name in measured}
+        got = {name: pooled([results[config_key(cell.key())] for cell in those]) for name, those in mine.items()}
+
+        def gain(name: str) -> str:
+            return f"{100 * (got[name].mean - got['DM'].mean):+.2f}" if name in got else "-"
         say(f"| {dataset} | {ipc} | {describe_featnet(setting)} | {base.featnet_pool} | "
-            f"{100 * pool_accuracy(base):.2f} % | {lambda_cc:g} | " + " | ".join(str(got[n]) for n in COLUMNS) +
-            f" | {gain['+CC']:+.2f} | {gain['DM(featnet)']:+.2f} | {gain['+CC+CM']:+.2f} |")
-        for name in COLUMNS:
+            f"{100 * pool_accuracy(base):.2f} % | {lambda_cc:g} | " + " | ".join(str(got.get(n, "-")) for n in COLUMNS)
+            + f" | {gain('+CC')} | {gain('DM(featnet)')} | {gain('+CC+CM')} |")
+        for name, those in mine.items():
             seconds.setdefault((dataset, ipc, name if name in ("DM", "+CM") else
-                                f"{name}, {describe_featnet(setting)}, pool {base.featnet_pool}"), mine[name])
+                                f"{name}, {describe_featnet(setting)}, pool {base.featnet_pool}"), those)
     say("\n## Seconds to distil one set (mean over seeds, from the cells' histories)\n")
     say("| dataset | IPC | cell | seconds |")
     say("|---|---|---|---|")

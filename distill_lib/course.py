@@ -171,12 +171,15 @@ def show_grid(images, rows: int, cols: int, row_labels=(), title: str | None = N
 def plot_cc_gain(table: dict, title: str = "What CC's gain depends on"):
     """CC's gain over DM (filled) and the control's, DM matched in the same feature net without CC (hollow),
     against the feature net's test accuracy, one marker shape per pool size: the table benchmarks/cc_gain.py prints
-    ({"columns", "rows"}, as results/cc_gain.json stores it). Returns the figure."""
+    ({"columns", "rows"}, as results/cc_gain.json stores it; "-" where a column was not measured). Returns the
+    figure."""
     import matplotlib.pyplot as plt
 
     col = {name: table["columns"].index(name) for name in ("pool", "net accuracy", "CC gain", "control gain")}
-    rows = [(int(r[col["pool"]]), float(r[col["net accuracy"]].rstrip(" %")), float(r[col["CC gain"]]),
-             float(r[col["control gain"]])) for r in table["rows"]]
+    def number(text: str) -> float:  # "-": not measured, not drawn
+        return float("nan") if text.strip() == "-" else float(text.rstrip(" %"))
+    rows = [(int(r[col["pool"]]), number(r[col["net accuracy"]]), number(r[col["CC gain"]]),
+             number(r[col["control gain"]])) for r in table["rows"]]
     fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
     ax.axhline(0, color="grey", lw=0.8)
     for k, pool in enumerate(sorted({r[0] for r in rows})):

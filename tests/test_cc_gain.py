@@ -39,11 +39,27 @@ def run(tmp_path_factory):
                          capture_output=True, text=True, timeout=900)
     assert job.returncode == 0, job.stderr[-3000:]
     record = json.loads((tmp / "results" / "cc_gain.json").read_text(encoding="utf-8"))
-    return tmp, job, record
+    return tmp, job, record, env, argv
+
+
+def test_a_table_of_some_columns_reads_the_same_cells_and_marks_the_rest(run):
+    tmp, _, record, env, argv = run
+    job = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cc_gain.py"), *argv, "--columns", "+CC",
+                          "--figure", str(tmp / "some.png")], env=env, capture_output=True, text=True, timeout=900)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert "[cell]" not in job.stderr  # every cell it needs was cached by the full run
+    some = json.loads((tmp / "results" / "cc_gain.json").read_text(encoding="utf-8"))["tables"][0]
+    full = record["tables"][0]
+    col = {name: k for k, name in enumerate(full["columns"])}
+    for mine, whole in zip(some["rows"], full["rows"]):
+        for name in ("DM", "+CC", "CC gain", "net accuracy"):
+            assert mine[col[name]] == whole[col[name]]
+        for name in ("DM(featnet)", "+CM", "+CC+CM", "control gain", "CC+CM gain"):
+            assert mine[col[name]] == "-"
 
 
 def test_the_table_is_what_its_columns_claim(run, monkeypatch):
-    tmp, job, record = run
+    tmp, job, record, *_ = run
     table, seconds = record["tables"]
     col = {name: k for k, name in enumerate(table["columns"])}
     rows = table["rows"]
@@ -68,7 +84,7 @@ def test_the_table_is_what_its_columns_claim(run, monkeypatch):
 
 
 def test_the_figure_plots_each_rows_gains_against_its_net_accuracy(run):
-    _, _, record = run
+    record = run[2]
     table = record["tables"][0]
     figure = course.plot_cc_gain(table)
     col = {name: k for k, name in enumerate(table["columns"])}
