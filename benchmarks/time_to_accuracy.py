@@ -11,8 +11,9 @@ per point.
 
 Seconds: each setting's seconds per iteration are timed in this process (``--time-iterations`` iterations on
 random images of the data set's shape, settings and the plain per-class reference loop interleaved, as
-benchmarks/speed.py times them; median), so every curve's time axis comes from one run on one machine, whenever
-its cells were computed: a point at n iterations sits at n x that median. The reference loop
+benchmarks/speed.py times them; median), and so are the seconds to build its starting images from the real data (a
+warm start such as ``init=herding`` costs some), so every curve's time axis comes from one run on one machine,
+whenever its cells were computed: a point at n iterations sits at start + n x that median. The reference loop
 (``distill_lib.reference``, the shape of the authors' code) computes the authors' setting's maths, so its curve is
 the authors' accuracies at the reference's seconds.
 
@@ -25,11 +26,16 @@ is chosen. Stage 2 (test): the authors' setting and the chosen one (``--test all
 from __future__ import annotations
 
 import statistics
+import time
+from dataclasses import dataclass
 from dataclasses import replace
 from pathlib import Path
 
 from common import REPO, named_fields, parser, say, setup, validation_flags, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
+from distill_lib.data import load_dataset
+from distill_lib.distill import Distiller
+from distill_lib.options import RunOptions
 from distill_lib.sweep import Cell, run_cells
 from distill_lib.train import resolve_device
 from speed import random_data, time_distill
@@ -44,30 +50,45 @@ def parse_setting(text: str) -> tuple[str, dict]:
     return named_fields(text, DistillConfig, reserved=("dataset", "ipc", "iterations", "seed"))
 
 
-def seconds_per_iteration(configs: dict[str, DistillConfig], reps: int) -> tuple[dict[str, float], float]:
-    """Median seconds per iteration of each config (library) and of the reference loop on the authors' config,
-    timed here on random images of the data set's shape, each interleaved with the reference (speed.time_distill)."""
+@dataclass(frozen=True)
+class Pace:
+    """Where a setting's time goes: seconds before the first iteration (building the starting images) and per
+    iteration. A snapshot after n iterations is reached at ``at(n)`` seconds."""
+    start: float
+    per_iteration: float
+
+    def at(self, n: int) -> float:
+        return self.start + n * self.per_iteration
+
+
+def paces(configs: dict[str, DistillConfig], reps: int) -> tuple[dict[str, Pace], Pace]:
+    """Each config's pace (library) and the reference loop's on the authors' config. Per iteration: the median over
+    ``reps`` iterations timed here on random images of the data set's shape, each interleaved with the reference
+    (speed.time_distill). Start: the seconds to build the run's starting images from the real training set."""
     data = random_data(configs[AUTHORS].dataset, max(c.batch_real for c in configs.values()) + 10, 10)
-    library, reference = {}, []
+    real = load_dataset(configs[AUTHORS].dataset)
+    library, reference = {}, None
     for name, config in configs.items():
         lib, ref, _, _ = time_distill(config, data, reps)
-        library[name] = statistics.median(lib)
+        start = time.perf_counter()
+        Distiller(replace(config, cc=False, match_net="random"), real, RunOptions(device="cpu"), progress=False)
+        library[name] = Pace(time.perf_counter() - start, statistics.median(lib))
         if name == AUTHORS:
-            reference = ref
-    return library, statistics.median(reference)
+            reference = Pace(library[name].start, statistics.median(ref))
+    return library, reference
 
 
-def curve_rows(name: str, snapshots: list[int], per_it: float, results) -> list[str]:
-    return [f"| {name} | {n} | {n * per_it:.0f} | {r} |" for n, r in zip(snapshots, results)]
+def curve_rows(name: str, snapshots: list[int], pace: Pace, results) -> list[str]:
+    return [f"| {name} | {n} | {pace.at(n):.0f} | {r} |" for n, r in zip(snapshots, results)]
 
 
-def time_to(target: float, snapshots: list[int], per_it: float, results) -> tuple[float | None, str]:
+def time_to(target: float, snapshots: list[int], pace: Pace, results) -> tuple[float | None, str]:
     """Seconds at the first snapshot whose mean accuracy reaches ``target`` percent (None if none does), in words."""
     for n, r in zip(snapshots, results):
         if 100 * r.mean >= target:
-            return n * per_it, f"{n * per_it:.0f} s ({n} iterations)"
+            return pace.at(n), f"{pace.at(n):.0f} s ({n} iterations)"
     best_n, best = max(zip(snapshots, results), key=lambda t: t[1].mean)
-    return None, f"not reached (best {100 * best.mean:.2f} % at {best_n * per_it:.0f} s)"
+    return None, f"not reached (best {100 * best.mean:.2f} % at {pace.at(best_n):.0f} s)"
 
 
 def plot(curves: dict[str, tuple[list[float], list[float]]], target: float, path: Path, title: str) -> None:
@@ -118,12 +139,13 @@ def main() -> None:
               f"(evaluation {val_protocol.describe()}); test evaluation {protocol.describe()}.")
     say(budget + "\n", flush=True)
 
-    per_it, reference = seconds_per_iteration(configs, args.time_iterations)
-    say("| setting | s / iteration | x the reference loop |")
-    say("|---|---|---|")
-    say(f"| reference loop ({AUTHORS}) | {reference:.3f} | 1.00 |")
-    for name, seconds in per_it.items():
-        say(f"| {name} | {seconds:.3f} | {seconds / reference:.2f} |", flush=True)
+    pace, reference = paces(configs, args.time_iterations)
+    say("| setting | s to start | s / iteration | x the reference loop |")
+    say("|---|---|---|---|")
+    say(f"| reference loop ({AUTHORS}) | {reference.start:.1f} | {reference.per_iteration:.3f} | 1.00 |")
+    for name, p in pace.items():
+        say(f"| {name} | {p.start:.1f} | {p.per_iteration:.3f} | {p.per_iteration / reference.per_iteration:.2f} |",
+            flush=True)
 
     def curves(names: list[str], proto: EvalProtocol, validation: int) -> dict[str, list]:
         cells = [Cell(replace(configs[n], iterations=k), proto, validation=validation) for n in names for k in snapshots]
@@ -133,14 +155,14 @@ def main() -> None:
     val = curves(list(configs), val_protocol, args.validation)
 
     def within_budget(name: str) -> float:
-        reached = [r.mean for k, r in zip(snapshots, val[name]) if k * per_it[name] <= args.budget]
+        reached = [r.mean for k, r in zip(snapshots, val[name]) if pace[name].at(k) <= args.budget]
         return max(reached, default=0.0)
     chosen = max(configs, key=within_budget)
     say(f"\n## Validation ({args.validation} images per class)\n")
     say("| setting | iterations | seconds | validation accuracy |")
     say("|---|---|---|---|")
     for name in configs:
-        say("\n".join(curve_rows(name, snapshots, per_it[name], val[name])))
+        say("\n".join(curve_rows(name, snapshots, pace[name], val[name])))
     say(f"\nChosen on validation (best within {args.budget:g} s): {chosen}")
 
     tested = list(configs) if args.test == "all" else list(dict.fromkeys([AUTHORS, chosen]))
@@ -149,21 +171,21 @@ def main() -> None:
     say("| setting | iterations | seconds | test accuracy |")
     say("|---|---|---|---|")
     for name in tested:
-        say("\n".join(curve_rows(name, snapshots, per_it[name], test[name])))
-    rows = {f"reference loop ({AUTHORS})": (reference, test[AUTHORS])} | {n: (per_it[n], test[n]) for n in tested}
+        say("\n".join(curve_rows(name, snapshots, pace[name], test[name])))
+    rows = {f"reference loop ({AUTHORS})": (reference, test[AUTHORS])} | {n: (pace[n], test[n]) for n in tested}
     say("\n".join(curve_rows(f"reference loop ({AUTHORS})", snapshots, reference, test[AUTHORS])))
     say(f"\n## Time to {args.target:g} %\n")
     say("| setting | time to target | x the reference loop's |")
     say("|---|---|---|")
     ref_seconds, _ = time_to(args.target, snapshots, reference, test[AUTHORS])
-    for name, (seconds, results) in rows.items():
-        reached, words = time_to(args.target, snapshots, seconds, results)
+    for name, (p, results) in rows.items():
+        reached, words = time_to(args.target, snapshots, p, results)
         ratio = f"{reached / ref_seconds:.2f}" if reached is not None and ref_seconds is not None else "-"
         say(f"| {name} | {words} | {ratio} |")
     path = write_results("time_to_accuracy", args, budget)
     if args.figure and path is not None:
-        lines = {name: ([k * seconds for k in snapshots], [100 * r.mean for r in results])
-                 for name, (seconds, results) in rows.items()}
+        lines = {name: ([p.at(k) for k in snapshots], [100 * r.mean for r in results])
+                 for name, (p, results) in rows.items()}
         plot(lines, args.target, Path(args.figure), f"{dataset} IPC {ipc}: {protocol.describe()}")
         say(f"Figure: {args.figure}")
 

@@ -22,6 +22,7 @@ from . import seeding
 from .cache import DiskCache, canonical
 from .data import RealData
 from .distill import DistillConfig
+from .herding import embed_all, herding
 from .options import RunOptions
 from .runner import distill
 from .models import MODEL_NAMES, get_model
@@ -127,26 +128,6 @@ def _digest(net: nn.Module) -> str:
     return h.hexdigest()
 
 
-def herding(features: torch.Tensor, m: int) -> torch.Tensor:
-    """Indices of ``m`` rows of ``features`` (N, D) chosen by herding (Welling 2009, as in iCaRL), in pick order.
-
-    Step k picks, among the rows not yet picked, the one whose addition brings the mean of the picked rows closest
-    (Euclidean) to the mean of all rows; ties go to the lowest index.
-    """
-    if not 0 < m <= len(features):
-        raise ValueError(f"cannot herd {m} of {len(features)} samples")
-    target, total = features.mean(0), torch.zeros_like(features[0])
-    taken = torch.zeros(len(features), dtype=torch.bool)
-    picks = []
-    for k in range(1, m + 1):
-        dist = (target - (total + features) / k).pow(2).sum(1).masked_fill(taken, float("inf"))
-        i = int(dist.argmin())
-        picks.append(i)
-        taken[i] = True
-        total = total + features[i]
-    return torch.tensor(picks)
-
-
 # Each builder returns (stored images, class-major, ``ipc`` per class; partition factor of those images).
 
 def _random(data: RealData, classes: list[int], ipc: int, seed: int, builder: Builder, progress: bool):
@@ -165,29 +146,8 @@ def _herding(data: RealData, classes: list[int], ipc: int, seed: int, builder: B
     picked = []
     for c in classes:
         x = data.normalize(data.x_train[data.class_indices(c)])
-        picked.append(x[herding(nn.functional.normalize(_embed(net, x), dim=1), ipc)])
+        picked.append(x[herding(nn.functional.normalize(embed_all(net, x), dim=1), ipc)])
     return torch.cat(picked), 1
-
-
-@torch.no_grad()
-def _embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``net.embed`` of ``x`` in eval mode, on the CPU; the net's train/eval flags and memory format are restored.
-
-    On a CPU in channels_last batches of 32, as :func:`train.predict` (activations stay in cache); elsewhere batches
-    of 256.
-    """
-    device = next(net.parameters(), torch.empty(0)).device
-    on_cpu = device.type == "cpu"
-    memory_format = torch.channels_last if on_cpu else torch.contiguous_format
-    modes = [m.training for m in net.modules()]
-    net.eval().to(memory_format=memory_format)
-    try:
-        return torch.cat([net.embed(part.to(device).contiguous(memory_format=memory_format)).float().cpu()
-                          for part in x.split(32 if on_cpu else 256)])
-    finally:
-        net.to(memory_format=torch.contiguous_format)
-        for m, mode in zip(net.modules(), modes):
-            m.training = mode
 
 
 _BUILD = {"random": _random, "herding": _herding}  # real subsets; build_memory calls them one class at a time

@@ -26,12 +26,15 @@ from . import augment, distributed, idm, losses, seeding
 from .cache import canonical, check_finite_fields
 from .data import DATASETS, RealData
 from .featnet import RECIPES, FeatNetPool, FeatNetSpec, recipe
+from .herding import embed_all, herding
 from .models import MODEL_NAMES, NORMS, get_model
 from .options import RunOptions
 from .synthetic import SyntheticSet, check_factor, decode_partitions, encode_partitions
 from .train import compiled, resolve_device, use_compile
 
-INITS = ("real", "noise")
+# Starting images: random real ones (as published), noise, or a warm start: real images chosen per class by herding in
+# a random ConvNet's embedding, so that their mean already matches the class mean there (DM's objective).
+INITS = ("real", "noise", "herding")
 METHODS = ("dm", "idm")
 # The net DM's mean matching (and CM) embeds with: a fresh random ConvNet each iteration (DM as published), or the
 # pretrained feature net that CC draws at that iteration: the control that tells CC's pull apart from a trained
@@ -292,8 +295,17 @@ class Distiller:
                                           generator=seeding.generator(cfg.seed, seeding.SYN_INIT)))
         # With partitioning, each stored image starts as factor^2 real images of its class, downscaled into its tiles.
         n = cfg.ipc * self.factor ** 2
+        if cfg.init == "herding":
+            net = get_model(cfg.model, data.channels, data.num_classes, data.image_size, **_net_kwargs(cfg))
+            net.reset_parameters(seeding.generator(cfg.seed, seeding.HERDING_INIT))
+            return torch.cat([encode_partitions(self._herded(net, c, n), self.factor) for c in self.classes])
         return torch.cat([encode_partitions(data.sample_real(c, n, seeding.generator(cfg.seed, seeding.SYN_INIT, c)),
                                             self.factor) for c in self.classes])
+
+    def _herded(self, net: torch.nn.Module, c: int, n: int) -> torch.Tensor:
+        """``n`` real training images of class ``c`` chosen by herding in ``net``'s embedding."""
+        x = self.data.normalize(self.data.x_train[self.data.class_indices(c)])
+        return x[herding(embed_all(net, x), n)]
 
     def _mine(self, full: torch.Tensor) -> torch.Tensor:
         """This process's rows of a class-major tensor over all classes (e.g. from a checkpoint)."""

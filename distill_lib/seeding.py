@@ -20,6 +20,7 @@ FEATNET = 7
 SPLIT = 8
 RANDOM_SUBSET = 9
 FEATNET_DRAW = 10
+HERDING_INIT = 11  # the random ConvNet in whose embedding init="herding" chooses the starting images
 
 
 def derive_seed(*keys: int) -> int:

@@ -9,11 +9,12 @@ import torch.nn as nn
 
 from distill_lib import continual
 from distill_lib.cache import DiskCache
-from distill_lib.continual import (BUILDERS, Builder, Scenario, build_memory, herding, make_scenario, memory_union,
+from distill_lib.continual import (BUILDERS, Builder, Scenario, build_memory, make_scenario, memory_union,
                                    run_continual)
 from distill_lib.data import RealData
 from distill_lib.distill import DistillConfig, Distiller
 from distill_lib.evaluate import random_subset
+from distill_lib.herding import embed_all, herding
 from distill_lib.options import RunOptions
 from distill_lib.runner import distill, save_checkpoint
 from distill_lib.train import TrainSpec, predict
@@ -166,7 +167,7 @@ def test_herding_embeds_a_convnet_as_a_plain_forward(digits):
     with torch.no_grad():
         expected = net.eval().embed(x)
     net.train()
-    assert torch.allclose(continual._embed(net, x), expected, atol=1e-5)
+    assert torch.allclose(embed_all(net, x), expected, atol=1e-5)
     assert net.training and net.body[0].weight.is_contiguous()
 
 

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from distill_lib import losses, reference, seeding
 from distill_lib.cache import canonical
 from distill_lib.distill import DistillConfig, Distiller, config_from_dict
+from distill_lib.herding import herding
+from distill_lib.models import get_model
 from distill_lib.options import RunOptions
 from distill_lib.runner import distill
 from distill_lib.synthetic import SyntheticSet, decode_partitions
@@ -188,6 +190,28 @@ def test_lr_half_life_halves_the_step_and_keeps_shorter_runs_a_prefix(digits, tm
     constant = distill(tiny(iterations=6, lr_img=4.0), digits, options=CPU, progress=False)
     assert not torch.allclose(constant.images, full.images) and "lr_img" not in constant.history[0]
     assert "lr_half_life" not in tiny().identity() and tiny(lr_half_life=50).identity()["lr_half_life"] == 50
+
+
+def test_herding_init_starts_from_the_real_images_whose_mean_matches_the_class_mean(digits):
+    """init="herding": per class, the images herding picks in the seeded random ConvNet's embedding (recomputed here
+    with a plain forward), whose embedded mean is closer to the class mean there than the random real start's."""
+    cfg = tiny(init="herding", ipc=4)
+    run = Distiller(cfg, digits, options=CPU, progress=False)
+    net = get_model(cfg.model, digits.channels, digits.num_classes, digits.image_size, width=cfg.net_width)
+    net.reset_parameters(seeding.generator(cfg.seed, seeding.HERDING_INIT))
+    random_start = Distiller(tiny(ipc=4), digits, options=CPU, progress=False).images.detach()
+    closer = 0
+    for c in range(digits.num_classes):
+        x = digits.normalize(digits.x_train[digits.class_indices(c)])
+        with torch.no_grad():
+            features = net.eval().embed(x)
+        mine = run.images.detach()[4 * c:4 * (c + 1)]
+        torch.testing.assert_close(mine, x[herding(features, 4)], rtol=0, atol=0)
+        with torch.no_grad():
+            gap = [(net.embed(images).mean(0) - features.mean(0)).norm() for images in
+                   (mine, random_start[4 * c:4 * (c + 1)])]
+        closer += bool(gap[0] < gap[1])
+    assert closer == digits.num_classes
 
 
 def test_resume_from_other_config_names_the_field(digits, tmp_path):

@@ -33,9 +33,10 @@ def test_settings_parse_to_typed_config_fields():
 
 def test_time_to_target_is_the_first_snapshot_at_or_above_it():
     results = [EvalResult((0.40,)), EvalResult((0.50, 0.48)), EvalResult((0.47,)), EvalResult((0.52,))]
-    assert tta.time_to(48.9, [10, 20, 30, 40], 2.0, results) == (40.0, "40 s (20 iterations)")
-    assert tta.time_to(51.0, [10, 20, 30, 40], 2.0, results) == (80.0, "80 s (40 iterations)")
-    assert tta.time_to(60.0, [10, 20, 30, 40], 2.0, results) == (None, "not reached (best 52.00 % at 80 s)")
+    pace = tta.Pace(start=5.0, per_iteration=2.0)
+    assert tta.time_to(48.9, [10, 20, 30, 40], pace, results) == (45.0, "45 s (20 iterations)")
+    assert tta.time_to(51.0, [10, 20, 30, 40], pace, results) == (85.0, "85 s (40 iterations)")
+    assert tta.time_to(60.0, [10, 20, 30, 40], pace, results) == (None, "not reached (best 52.00 % at 85 s)")
 
 
 def test_a_run_on_digits_keeps_its_promises(tmp_path):
@@ -43,15 +44,16 @@ def test_a_run_on_digits_keeps_its_promises(tmp_path):
            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     argv = ["--datasets", "digits", "--snapshots", "2", "1", "--batch-real", "32", "--eval-epochs", "10", "--models",
             "1", "--validation", "20", "--setting", "authors", "--setting", "small:batch_real=16",
-            "--setting", "decay:lr_img=4,lr_half_life=1", "--time-iterations", "1", "--target", "50",
+            "--setting", "decay:lr_img=4,lr_half_life=1,init=herding", "--time-iterations", "1", "--target", "50",
             "--budget", "1e9", "--threads", "1", "--figure", str(tmp_path / "t.png")]
     job = subprocess.run([sys.executable, str(REPO / "benchmarks" / "time_to_accuracy.py"), *argv], env=env,
                          capture_output=True, text=True, timeout=900)
     assert job.returncode == 0, job.stderr[-3000:]
     record = json.loads((tmp_path / "results" / "time_to_accuracy.json").read_text(encoding="utf-8"))
     timing, validation, test, reached = record["tables"]
-    per_it = {row[0]: float(row[1]) for row in timing["rows"]}
-    assert set(per_it) == {"reference loop (authors)", "authors", "small", "decay"}
+    pace = {row[0]: tta.Pace(float(row[1]), float(row[2])) for row in timing["rows"]}
+    assert set(pace) == {"reference loop (authors)", "authors", "small", "decay"}
+    assert pace["reference loop (authors)"].start == pace["authors"].start
 
     def curve(table, name):
         return [(int(r[1]), float(r[2]), float(r[3].split(" %")[0].split(" ± ")[0])) for r in table["rows"]
@@ -60,7 +62,7 @@ def test_a_run_on_digits_keeps_its_promises(tmp_path):
         for name in {r[0] for r in table["rows"]}:
             points = curve(table, name)
             assert [n for n, _, _ in points] == [1, 2]  # snapshots sorted
-            assert all(abs(s - n * per_it[name]) <= 0.5 + 1e-3 * s for n, s, _ in points)
+            assert all(abs(s - pace[name].at(n)) <= 0.5 + 1e-3 * s for n, s, _ in points)
     best = max(("authors", "small", "decay"), key=lambda n: max(a for *_, a in curve(validation, n)))
     assert f"Chosen on validation (best within 1e+09 s): {best}" in job.stdout
     assert {r[0] for r in test["rows"]} == {"authors", best, "reference loop (authors)"}
