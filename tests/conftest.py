@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from distill_lib.data import load_dataset
+from distill_lib.distill import Distiller
 
 # The test machine's 2 cores are shared with other jobs: torch's intra-op threads then spin against each other and a
 # tiny test can run 10-100x slower. One thread keeps the suite fast and its timing stable.
@@ -27,3 +28,15 @@ def digits(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:  # session fixtures run before the per-test cache is set
         mp.setenv("DISTILL_CACHE", str(tmp_path_factory.mktemp("session_cache")))
         return load_dataset("digits")
+
+
+def interrupt_step_at(monkeypatch, iteration: int) -> None:
+    """From now on in this test, a distillation step raises KeyboardInterrupt (as Ctrl-C does) when its run is at
+    ``iteration``, before computing anything; other steps run as before (through any wrapper already in place)."""
+    step = Distiller.step
+
+    def interrupted(run):
+        if run.iteration == iteration:
+            raise KeyboardInterrupt
+        return step(run)
+    monkeypatch.setattr(Distiller, "step", interrupted)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import interrupt_step_at
 
 import distill_lib.cli as cli
 from distill_lib.cache import DiskCache
@@ -98,17 +99,6 @@ def nan_from_iteration_2(monkeypatch) -> None:
     monkeypatch.setattr(Distiller, "loss_terms", loss_terms)
 
 
-def ctrl_c_at_iteration_2(monkeypatch) -> None:
-    real = Distiller.step
-
-    def step(self):
-        if self.iteration == 2:
-            raise KeyboardInterrupt
-        return real(self)
-
-    monkeypatch.setattr(Distiller, "step", step)
-
-
 def ctrl_c_while_evaluating(monkeypatch) -> None:
     def evaluate(*args, **kwargs):
         raise KeyboardInterrupt
@@ -172,12 +162,12 @@ ROWS = [
      ["iteration 2: loss term 'dm' is nan; stopped (the last finite state (iteration 2) is saved in"]),
     ("absurd lr_img", ["distill", *TINY, "--lr-img", "1e38"], None, 2, ["iteration ", "stopped"]),
     ("Ctrl-C with a checkpoint", ["distill", *TINY, "--checkpoint", "{work}/ck.pt"],
-     lambda made, work, mp: ctrl_c_at_iteration_2(mp), 130,
+     lambda made, work, mp: interrupt_step_at(mp, 2), 130,
      ["interrupted at iteration 2; state saved to", "ck.pt: run the same command with resume (--resume)"]),
     ("Ctrl-C while evaluating", ["run", *TINY, *TINY_EVAL, "--out", "{work}/syn.pt"],
      lambda made, work, mp: ctrl_c_while_evaluating(mp), 130,
      ["interrupted while evaluating; the synthetic set is saved in", "python -m distill_lib evaluate --syn"]),
-    ("Ctrl-C without a checkpoint", ["distill", *TINY], lambda made, work, mp: ctrl_c_at_iteration_2(mp), 130,
+    ("Ctrl-C without a checkpoint", ["distill", *TINY], lambda made, work, mp: interrupt_step_at(mp, 2), 130,
      ["interrupted at iteration 2; nothing saved"]),
 ]
 

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import interrupt_step_at
 
 from distill_lib import seeding, sweep
 from distill_lib.analysis import set_metrics
@@ -161,12 +162,7 @@ def test_an_interrupted_cell_resumes_from_its_last_snapshot(digits, calls, monke
     monkeypatch.setattr(sweep, "SNAPSHOT_EVERY", 3)
     cell = Cell(replace(BASE, iterations=9), PROTOCOL)
     counting_step = Distiller.step
-
-    def interrupted(run):
-        if run.iteration == 7:
-            raise KeyboardInterrupt
-        return counting_step(run)
-    monkeypatch.setattr(Distiller, "step", interrupted)
+    interrupt_step_at(monkeypatch, 7)
     with pytest.raises(KeyboardInterrupt):
         synthetic_set(cell)
     assert calls.steps == 7
