@@ -97,20 +97,30 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: T
         raise ValueError(f"need as many labels as images (and at least one), got {len(x)} and {len(y)}")
     optimizer = spec.optimizer(model)  # the compiled wrapper shares these parameters
     net = compiled(model) if spec.compile else model
-    decay_epoch = int(spec.epochs * spec.lr_decay_at)
     losses = []
-    bar = tqdm(total=spec.epochs * math.ceil(len(x) / spec.batch_size), unit="batch", leave=False,
-               desc=progress if isinstance(progress, str) else "train", disable=not progress)
+    bar = progress_bar(spec, len(x), progress)
     try:
         for epoch in range(spec.epochs):
-            if epoch == decay_epoch and epoch > 0:
-                for group in optimizer.param_groups:
-                    group["lr"] *= spec.lr_decay
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(spec, epoch)
             losses.append(run_epoch(net, optimizer, x, y, spec.batch_size, generator, spec.dsa_strategy, bar))
             bar.set_postfix(epoch=f"{epoch + 1}/{spec.epochs}", refresh=False)
     finally:
         bar.close()
     return losses
+
+
+def learning_rate(spec: TrainSpec, epoch: int) -> float:
+    """The lr of ``epoch``: ``spec.lr``, times ``spec.lr_decay`` from epoch ``int(epochs * lr_decay_at)`` on (a
+    decay that would fall on epoch 0 is dropped)."""
+    decay_epoch = int(spec.epochs * spec.lr_decay_at)
+    return spec.lr * spec.lr_decay if 0 < decay_epoch <= epoch else spec.lr
+
+
+def progress_bar(spec: TrainSpec, num_images: int, progress: bool | str) -> tqdm:
+    """A bar counting SGD steps (batches) over all epochs, named ``progress`` when a string, hidden when falsy."""
+    return tqdm(total=spec.epochs * math.ceil(num_images / spec.batch_size), unit="batch", leave=False,
+                desc=progress if isinstance(progress, str) else "train", disable=not progress)
 
 
 def resolve_device(device: str) -> torch.device:
