@@ -2,6 +2,7 @@
 
     python benchmarks/batched_eval.py                                   # CIFAR-10 shapes, IPC 1 and 10, 3 nets
     OMP_NUM_THREADS=1 python benchmarks/batched_eval.py --threads 1 --compiled --epochs 50
+    OMP_NUM_THREADS=1 python benchmarks/batched_eval.py --threads 1 --ipcs 1 --epochs 10 --profile 15
 
 ``distill_lib.evaluate`` trains the ``num_models`` nets of a synthetic set one after another. A synthetic set is
 small (10 images at IPC 1, 100 at IPC 10: one batch per epoch), so each step of one net is a few small kernels; the
@@ -23,15 +24,21 @@ cold compile, whose seconds get their own column). Then each rep runs every path
 on the machine hits all of them; the table gives seconds for all K nets as the median over ``--reps`` with
 (min-max), and each sequential path's time over the batched path's time in the same rep, median over reps (below 1:
 training together is slower).
+
+``--profile ROWS`` profiles instead of timing: the sequential and the batched path (eager) train ``--epochs`` epochs
+each under ``torch.profiler`` after their warm-up, and a table per IPC lists the ROWS ops costliest on either path
+with their self CPU seconds, then all ops (results/batched_eval_profile.*); it shows which kernels vmap makes dearer.
 The common flags --iterations, --batch-real, --eval-epochs and --seeds are not used here.
 """
 from __future__ import annotations
 
 import statistics
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
 from common import parser, say, setup, write_results
 from distill_lib import augment, seeding
@@ -130,9 +137,9 @@ def fresh_nets(name: str, k: int, seed: int = 0) -> tuple[list[nn.Module], list[
     return nets, [seeding.generator(seed, seeding.EVAL_MODEL, i, 1) for i in range(k)]
 
 
-def time_paths(name: str, ipc: int, epochs: int, k: int, reps: int, compiled: bool) -> tuple[dict, float | None]:
-    """Seconds of each path (sequential, [sequential compiled,] batched) per rep, the paths run in turn within every
-    rep after an untimed warm-up of each, and the seconds of the compiled path's warm-up (None without ``compiled``)."""
+def training_paths(name: str, ipc: int, k: int, compiled: bool) -> dict[str, Callable[[int], None]]:
+    """Each path (sequential, [sequential compiled,] batched) as a function training fresh K nets for its argument's
+    epochs on random tensors of data set ``name``'s shape, ``ipc`` images per class."""
     spec = DATASETS[name]
     g = torch.Generator().manual_seed(ipc)
     x = torch.randn(spec.num_classes * ipc, spec.channels, *spec.image_size, generator=g)
@@ -151,6 +158,13 @@ def time_paths(name: str, ipc: int, epochs: int, k: int, reps: int, compiled: bo
     if compiled:
         paths["sequential compiled"] = lambda n: sequential(TrainSpec(epochs=n, compile=True))
     paths["batched"] = lambda n: batched(TrainSpec(epochs=n))
+    return paths
+
+
+def time_paths(name: str, ipc: int, epochs: int, k: int, reps: int, compiled: bool) -> tuple[dict, float | None]:
+    """Seconds of each path per rep, the paths run in turn within every rep after an untimed warm-up of each, and
+    the seconds of the compiled path's warm-up (None without ``compiled``)."""
+    paths = training_paths(name, ipc, k, compiled)
     warm_ups = {path: timed(lambda: fn(WARM_UP)) for path, fn in paths.items()}
     times = {path: [] for path in paths}
     for _ in range(reps):
@@ -159,24 +173,54 @@ def time_paths(name: str, ipc: int, epochs: int, k: int, reps: int, compiled: bo
     return times, warm_ups["sequential compiled"] if compiled else None
 
 
+def profile_paths(name: str, ipc: int, epochs: int, k: int, rows: int) -> None:
+    """Print where the time of the eager paths goes: self CPU seconds by op (torch.profiler) of ``epochs`` epochs of
+    the sequential and the batched path, after the warm-up; the ``rows`` ops costliest on either path, then all."""
+    seconds = {}
+    for path, fn in training_paths(name, ipc, k, compiled=False).items():
+        fn(WARM_UP)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn(epochs)
+        seconds[path] = {event.key: event.self_cpu_time_total / 1e6 for event in prof.key_averages()}
+    seq, bat = seconds["sequential"], seconds["batched"]
+    ops = sorted(set(seq) | set(bat), key=lambda op: -max(seq.get(op, 0.0), bat.get(op, 0.0)))
+    say(f"| op (IPC {ipc}, {epochs} epochs) | sequential self s | batched self s | batched - sequential s |")
+    say("|---|---|---|---|")
+    for op in ops[:rows]:
+        say(f"| {op} | {seq.get(op, 0.0):.3f} | {bat.get(op, 0.0):.3f} | {bat.get(op, 0.0) - seq.get(op, 0.0):+.3f} |")
+    total_seq, total_bat = sum(seq.values()), sum(bat.values())
+    say(f"| all ops | {total_seq:.3f} | {total_bat:.3f} | {total_bat - total_seq:+.3f} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = parser(__doc__, datasets=["cifar10"], ipcs=[1, 10], seeds=1)
     p.add_argument("--epochs", type=int, default=100, help="training epochs per net")
     p.add_argument("--reps", type=int, default=3, help="timed runs of every path per IPC (in turn)")
     p.add_argument("--compiled", action="store_true", help="also time the sequential path through torch.compile")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="instead of timing, profile the eager paths and print self seconds of the ROWS costliest ops "
+                        "(results/batched_eval_profile.*)")
     args = p.parse_args(argv)
-    if args.reps < 1 or args.epochs < 1 or args.models < 1:
-        p.error("--reps, --epochs and --models must be >= 1")
+    if args.reps < 1 or args.epochs < 1 or args.models < 1 or args.profile < 0:
+        p.error("--reps, --epochs and --models must be >= 1, --profile >= 0")
     setup(args)
     budget = (f"{args.models} default ConvNets (width 128, depth 3, instance norm) per cell, {args.epochs} epochs "
               f"each, TrainSpec defaults (batch 256, full DSA); random tensors; torch {torch.__version__}, "
-              f"{torch.get_num_threads()} thread(s), CPU, float32; seconds for all {args.models} nets, median "
-              f"(min-max) of {args.reps} rep(s), paths run in turn in every rep")
+              f"{torch.get_num_threads()} thread(s), CPU, float32; " +
+              ("self CPU seconds by op under torch.profiler, one run per path after its warm-up" if args.profile else
+               f"seconds for all {args.models} nets, median (min-max) of {args.reps} rep(s), paths run in turn in "
+               f"every rep"))
     say(budget + "\n")
     for name in args.datasets:
         spec = DATASETS[name]
-        say(f"## Sequential vs batched training: {name} shapes ({spec.channels}x{spec.image_size[0]}x"
-            f"{spec.image_size[1]}, {spec.num_classes} classes)\n")
+        shape = f"{spec.channels}x{spec.image_size[0]}x{spec.image_size[1]}, {spec.num_classes} classes"
+        if args.profile:
+            for ipc in args.ipcs:
+                say(f"## Where the time goes: {name} shapes ({shape}), IPC {ipc}\n")
+                profile_paths(name, ipc, args.epochs, args.models, args.profile)
+                say()
+            continue
+        say(f"## Sequential vs batched training: {name} shapes ({shape})\n")
         columns = ["IPC", "epochs", "sequential s", *(["sequential compiled s"] if args.compiled else []),
                    "batched s", "sequential / batched",
                    *(["sequential compiled / batched", "compile warm-up s"] if args.compiled else [])]
@@ -191,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
                      *([f"{warm_up:.1f}"] if args.compiled else [])]
             say("| " + " | ".join(cells) + " |", flush=True)
         say()
-    write_results("batched_eval", args, budget, argv=argv)
+    write_results("batched_eval_profile" if args.profile else "batched_eval", args, budget, argv=argv)
 
 
 if __name__ == "__main__":

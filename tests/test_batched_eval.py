@@ -71,14 +71,19 @@ def test_training_together_refuses_models_with_buffers():
                                                 TrainSpec(epochs=1), [torch.Generator(), torch.Generator()])
 
 
-def test_a_tiny_run_writes_its_table(tmp_path):
+def _run(tmp_path, argv: list[str], name: str) -> dict:
+    """benchmarks/batched_eval.py run with ``argv`` in a subprocess (temporary cache and results); its record."""
     env = {**os.environ, "DISTILL_CACHE": str(tmp_path / "cache"), "DISTILL_RESULTS": str(tmp_path / "results"),
            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    argv = ["--ipcs", "1", "--epochs", "2", "--reps", "2", "--models", "2", "--threads", "1"]
     job = subprocess.run([sys.executable, str(REPO / "benchmarks" / "batched_eval.py"), *argv], env=env,
                          capture_output=True, text=True, timeout=600)
     assert job.returncode == 0, job.stderr[-3000:]
-    record = json.loads((tmp_path / "results" / "batched_eval.json").read_text(encoding="utf-8"))
+    return json.loads((tmp_path / "results" / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def test_a_tiny_run_writes_its_table(tmp_path):
+    argv = ["--ipcs", "1", "--epochs", "2", "--reps", "2", "--models", "2", "--threads", "1"]
+    record = _run(tmp_path, argv, "batched_eval")
     assert record["benchmark"] == "batched_eval" and record["command"].endswith(" ".join(argv))
     assert "2 default ConvNets" in record["protocol"] and "2 epochs" in record["protocol"]
     [table] = record["tables"]
@@ -94,3 +99,20 @@ def test_a_tiny_run_writes_its_table(tmp_path):
     (_, seq_min, seq_max), (_, bat_min, bat_max) = seconds[:3], seconds[3:]
     assert seq_min / bat_max - 0.01 <= float(ratio) <= seq_max / bat_min + 0.01
     assert (tmp_path / "results" / "batched_eval.md").read_text(encoding="utf-8").count("| 1 | 2 |") == 1
+
+
+def test_a_tiny_profile_lists_the_costliest_ops_then_all(tmp_path):
+    record = _run(tmp_path, ["--ipcs", "1", "--epochs", "1", "--models", "1", "--threads", "1", "--profile", "4"],
+                  "batched_eval_profile")
+    [table] = record["tables"]
+    assert table["columns"] == ["op (IPC 1, 1 epochs)", "sequential self s", "batched self s",
+                                "batched - sequential s"]
+    *ops, total = table["rows"]
+    assert len(ops) == 4 and total[0] == "all ops"
+    assert any("convolution" in op for op, *_ in ops)  # the ConvNet's costliest kernels on either path
+    for op, sequential, batched, difference in ops + [total]:
+        assert float(difference) == pytest.approx(float(batched) - float(sequential), abs=2e-3)
+    for column in (1, 2):  # every op's seconds are part of all ops'
+        assert all(0 <= float(row[column]) <= float(total[column]) for row in ops) and float(total[column]) > 0
+    costliest = [max(float(row[1]), float(row[2])) for row in ops]
+    assert costliest == sorted(costliest, reverse=True) and costliest[0] > 0
