@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from common import parser, say, setup, validation_flags, write_results
+from common import parser, say, setup, validation_flags, validation_protocol, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.evaluate import EvalResult
 from distill_lib.featnet import RECIPES
@@ -101,7 +101,7 @@ def main() -> None:
 
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
     distributed.setup(resolve_device(protocol.device))  # under torchrun: join now, so only rank 0 prints
-    val_protocol = replace(protocol, num_models=args.val_models)
+    val_protocol = validation_protocol(args, protocol)
     budget = budget_line(args, protocol, "simplified CC; lambdas") + "."
     say(budget + "\n", flush=True)
     grids = {"lambda_cc": args.lambda_cc, "lambda_cm": args.lambda_cm}

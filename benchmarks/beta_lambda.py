@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ablation import LAMBDA_CC, LAMBDA_CM, budget_line, candidates, featnet_flags, featnet_settings
-from common import REPO, parser, say, setup, validation_flags, write_results
+from common import REPO, parser, say, setup, validation_flags, validation_protocol, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.analysis import featnet_cc_alpha
 from distill_lib.sweep import Cell, cell_data, cell_metrics, pooled, pretrain_featnets, run_cells
@@ -144,7 +144,7 @@ def main() -> None:
 
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
     distributed.setup(resolve_device(protocol.device))  # under torchrun: join now, so only rank 0 prints
-    val_protocol = replace(protocol, num_models=args.val_models)
+    val_protocol = validation_protocol(args, protocol)
     bench = Bench(protocol, val_protocol, args.validation, args.seeds, args.real_per_class)
     budget = (budget_line(args, protocol, "lambda_CC scale, beta and the simplified lambdas") +
               f" on test; metrics on {args.real_per_class} held-out images per class.")

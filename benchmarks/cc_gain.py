@@ -22,7 +22,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from common import REPO, parser, say, setup, validation_flags, write_results
+from common import REPO, parser, say, setup, validation_flags, validation_protocol, write_results
 from distill_lib import DistillConfig, EvalProtocol, course, distributed
 from distill_lib.cache import DiskCache, config_key
 from distill_lib.featnet import RECIPES, FeatNetPool, pretrained
@@ -99,7 +99,7 @@ def main() -> None:
             rows += [(dataset, ipc, setting, dm, replace(dm, **setting)) for setting in settings]
     if choosing:  # CC alone on DM, each row's lambda_CC on the validation split (all rows' candidates one sweep)
         picks = choose([{v: replace(base, cc=True, lambda_cc=v) for v in args.lambda_cc} for *_, base in rows],
-                       replace(protocol, num_models=args.val_models), args.validation)
+                       validation_protocol(args, protocol), args.validation)
         lambdas = [value for value, _ in picks]
         for (dataset, ipc, setting, *_), (value, scan) in zip(rows, picks):
             say(f"  {dataset} ipc{ipc} {describe_featnet(setting)} pool {setting['featnet_pool']}: validation scan "

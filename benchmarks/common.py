@@ -10,6 +10,7 @@ import platform
 import shlex
 import sys
 import typing
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from distill_lib import course, distributed  # noqa: E402  (imported from this checkout, found through the line above)
+from distill_lib import EvalProtocol, course, distributed  # noqa: E402  (imported from this checkout, found through the line above)
 from distill_lib.course import git_state, parse_tables  # noqa: E402  (shared with the course, which reads results back)
 
 
@@ -39,10 +40,18 @@ def parser(doc: str, datasets: list[str], ipcs: list[int], seeds: int) -> argpar
 
 
 def validation_flags(p: argparse.ArgumentParser) -> None:
-    """--validation and --val-models: where hyper-parameters are chosen (held-out training images, never the test
-    set) and with how many evaluation nets per candidate."""
+    """--validation, --val-models and --val-epochs: where hyper-parameters are chosen (held-out training images,
+    never the test set), with how many evaluation nets per candidate and how many epochs each."""
     p.add_argument("--validation", type=int, default=500, help="held-out training images per class for choosing")
     p.add_argument("--val-models", type=int, default=1, help="evaluation nets per validation cell")
+    p.add_argument("--val-epochs", type=int, default=None,
+                   help="evaluation epochs of a validation cell (default --eval-epochs; benchmarks/fast_eval.py checks "
+                        "how few keep the ranking)")
+
+
+def validation_protocol(args: argparse.Namespace, protocol: EvalProtocol) -> EvalProtocol:
+    """The protocol of the validation cells: ``protocol`` with --val-models nets and --val-epochs epochs."""
+    return replace(protocol, num_models=args.val_models, epochs=args.val_epochs or protocol.epochs)
 
 
 BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}

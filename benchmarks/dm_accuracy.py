@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from common import parser, say, setup, validation_flags, write_results
+from common import parser, say, setup, validation_flags, validation_protocol, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.sweep import Cell, choose, pooled, run_cells
 from distill_lib.train import resolve_device
@@ -45,7 +45,7 @@ def main() -> None:
                            lr_img=args.lr_img[0]) for dataset in args.datasets for ipc in args.ipcs]
     if choosing:  # stage 1: every candidate of every (dataset, IPC), seed 0, on validation; one spread of cells
         picks = choose([{lr: replace(base, lr_img=lr) for lr in args.lr_img} for base in bases],
-                       replace(protocol, num_models=args.val_models), args.validation)
+                       validation_protocol(args, protocol), args.validation)
         for base, (_, scores) in zip(bases, picks):
             say(f"  {base.dataset} ipc{base.ipc} validation: " +
                 "; ".join(f"lr_img {lr:g}: {r}" for lr, r in scores.items()), flush=True)

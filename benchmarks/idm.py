@@ -21,7 +21,7 @@ import statistics
 from dataclasses import replace
 
 from ablation import LAMBDA_CC, LAMBDA_CM, select_lambdas
-from common import parser, say, setup, validation_flags, write_results
+from common import parser, say, setup, validation_flags, validation_protocol, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.cache import DiskCache
 from distill_lib.idm import QueueSpec
@@ -87,7 +87,7 @@ def main() -> None:
     # Its validation scans run only when the column is asked for (22 cells per data set and IPC).
     tuned = [b for b in bases if "DM+CC+CM" in args.methods and method(b, "DM+CC+CM") == "DM+CC+CM"]
     picks = dict(zip(tuned, select_lambdas(tuned, {"lambda_cc": LAMBDA_CC, "lambda_cm": LAMBDA_CM},
-                                           replace(protocol, num_models=args.val_models), args.validation)))
+                                           validation_protocol(args, protocol), args.validation)))
     for base, chosen in picks.items():
         say(f"  DM+CC+CM on {base.dataset} IPC {base.ipc}: lambda_CC {chosen['lambda_cc']:g}, "
             f"lambda_CM {chosen['lambda_cm']:g} (validation)", flush=True)

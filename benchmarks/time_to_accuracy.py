@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from dataclasses import replace
 from pathlib import Path
 
-from common import REPO, named_fields, parser, say, setup, validation_flags, write_results
+from common import REPO, named_fields, parser, say, setup, validation_flags, validation_protocol, write_results
 from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.data import load_dataset
 from distill_lib.distill import Distiller
@@ -116,7 +116,6 @@ def main() -> None:
     p.add_argument("--snapshots", nargs="+", type=int, default=[50, 100, 200, 400, 600], help="iteration counts")
     p.add_argument("--target", type=float, default=48.9, help="test accuracy (%%) to reach")
     p.add_argument("--budget", type=float, default=480, help="seconds within which stage 1 compares the settings")
-    p.add_argument("--val-epochs", type=int, help="evaluation epochs of the validation cells (default --eval-epochs)")
     p.add_argument("--test", choices=("chosen", "all"), default="chosen", help="settings in the test stage")
     p.add_argument("--time-iterations", type=int, default=5, help="timed iterations per setting")
     p.add_argument("--figure", default=str(REPO / "figures" / "time_to_accuracy.png"), help="'' for none")
@@ -130,7 +129,7 @@ def main() -> None:
     base = DistillConfig(dataset=dataset, ipc=ipc, iterations=snapshots[-1], batch_real=args.batch_real)
     configs = {name: replace(base, **fields) for name, fields in settings.items()}
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
-    val_protocol = replace(protocol, epochs=args.val_epochs or args.eval_epochs, num_models=args.val_models)
+    val_protocol = validation_protocol(args, protocol)
     distributed.setup(resolve_device(protocol.device))
     budget = (f"Budget: {dataset} IPC {ipc}, snapshots at {snapshots} iterations, seed 0; settings: " +
               "; ".join(f"{n} ({', '.join(f'{k} {v}' for k, v in f.items()) or f'batch_real {args.batch_real}, lr_img 1'})"
