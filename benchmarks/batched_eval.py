@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
                      *([f"{warm_up:.1f}"] if args.compiled else [])]
             say("| " + " | ".join(cells) + " |", flush=True)
         say()
-    write_results("batched_eval_profile" if args.profile else "batched_eval", args, budget, argv=argv)
+    write_results("batched_eval_profile" if args.profile else "batched_eval", args, budget, argv=argv,
+                  script="batched_eval")
 
 
 if __name__ == "__main__":

@@ -145,10 +145,11 @@ def command(name: str, argv: list[str]) -> str:
 
 
 def write_results(name: str, args: argparse.Namespace, protocol: str | None = None,
-                  argv: list[str] | None = None) -> Path | None:
+                  argv: list[str] | None = None, script: str | None = None) -> Path | None:
     """Write results/<name>.json and .md (in ``args.results_dir``) from the tables printed so far. ``protocol`` is
     the budget line the benchmark printed; without it, the lines printed before the first table. ``argv``: the
-    arguments main() parsed (default sys.argv[1:]). Rank 0 only; returns the .json path (None on other ranks)."""
+    arguments main() parsed (default sys.argv[1:]); ``script``: the benchmark that ran, when it is not <name>.py.
+    Rank 0 only; returns the .json path (None on other ranks)."""
     if not distributed.is_main():
         return None
     tables, notes = parse_tables(printed())
@@ -157,7 +158,7 @@ def write_results(name: str, args: argparse.Namespace, protocol: str | None = No
         protocol = " ".join(line.strip() for line in before.splitlines() if line.strip() and line[0] != "#")
     notes = [line for line in notes if line not in protocol]
     commit, dirty = git_state()
-    record = {"benchmark": name, "command": command(name, sys.argv[1:] if argv is None else argv),
+    record = {"benchmark": name, "command": command(script or name, sys.argv[1:] if argv is None else argv),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit, "dirty": dirty,
               "environment": {"python": platform.python_version(), "torch": torch.__version__,
                               "cpus": os.cpu_count(), "processes": distributed.world_size(),
