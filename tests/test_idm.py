@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from distill_lib import seeding
 from distill_lib.cache import canonical
 from distill_lib.cli import main
-from distill_lib.distill import IDM_FIELDS, METHOD_DEFAULTS, QUEUE_FIELDS, DistillConfig, Distiller, config_from_dict
+from distill_lib.distill import (IDM_FIELDS, METHOD_DEFAULTS, OMITTED_AT_DEFAULT, QUEUE_FIELDS, DistillConfig, Distiller,
+                                 config_from_dict)
 from distill_lib.evaluate import EvalProtocol, evaluate
 from distill_lib.idm import INITIAL_NETS, ModelQueue, QueueSpec
 from distill_lib.models import get_model
@@ -369,9 +370,9 @@ def test_identity_keeps_dm_keys_and_separates_idm_settings():
     ident = dm.identity()
     assert not {"method", "factor", *IDM_FIELDS} & ident.keys()
     assert (ident["lr_img"], ident["lambda_cc"], ident["lambda_cm"]) == (1.0, 0.05, 0.01)
-    # every field but the IDM ones (and the feature-net recipe at its default, which keys as before recipes existed)
+    # every field but the IDM ones (and the fields added later, at their defaults, which key as before they existed)
     assert set(ident) == ({f.name for f in dataclasses.fields(DistillConfig)}
-                          - {"method", "factor", "queue", "featnet_recipe", *IDM_FIELDS})
+                          - {"method", "factor", "queue", *OMITTED_AT_DEFAULT, *IDM_FIELDS})
     assert DistillConfig(dataset="cifar10", ipc=10, lr_img=1.0, queue=QueueSpec(length=7)).identity() == ident
     assert DistillConfig(dataset="cifar10", ipc=10, factor=2).identity()["factor"] == 2
     idm = DistillConfig(dataset="cifar10", ipc=10, method="idm").identity()
