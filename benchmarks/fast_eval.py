@@ -6,8 +6,8 @@
 
 The sets: every (data set, IPC, method, seed) of the grid, each a sweep cell (distilled at ``--iterations``, cached):
 a random real subset, DM, DM+CM (IPC > 1: at IPC 1 CM is inert and the set is DM's) and IDM. Each set is evaluated
-by the reference protocol (``--eval-epochs``, default 1000: the papers') and by every candidate (``NAME:field=value,...``
-over the reference's EvalProtocol fields), ``--models`` nets each with the same seeds. A candidate is good for
+by the reference protocol (``--eval-epochs``, default 1000: the papers') and by every candidate
+(``NAME:field=value,...`` over the reference's EvalProtocol fields), ``--models`` nets each with the same seeds. A candidate is good for
 choosing when it ranks the sets as the reference does: per candidate, Spearman's rank correlation of the sets' mean
 accuracies with the reference's, over all sets and within each (data set, IPC) (what a sweep compares), the mean
 offset (candidate - reference) with its spread and the largest one, and its evaluation seconds per net against the

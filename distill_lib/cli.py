@@ -85,8 +85,8 @@ EVAL_HELP = {
 }
 # Valid values of the name-valued fields: listed in --help and checked by argparse.
 CHOICES = {"method": METHODS, "init": INITS, "model": MODEL_NAMES, "featnet_arch": MODEL_NAMES,
-           "featnet_recipe": tuple(RECIPES), "match_net": MATCH_NETS, "net_norm": NORMS, "net_act": ACTIVATIONS, "net_pooling": POOLINGS,
-           "cc_form": CC_FORMS, "compile": COMPILE_MODES}
+           "featnet_recipe": tuple(RECIPES), "match_net": MATCH_NETS, "net_norm": NORMS, "net_act": ACTIVATIONS,
+           "net_pooling": POOLINGS, "cc_form": CC_FORMS, "compile": COMPILE_MODES}
 # `run --first-look`: a first result in minutes on a laptop's CPU. Explicit flags still win.
 FIRST_LOOK = {"iterations": 80, "batch_real": 128, "eval_epochs": 100, "eval_num_models": 2}
 

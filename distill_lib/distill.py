@@ -179,9 +179,8 @@ class DistillConfig:
 
         For DM it leaves out the IDM settings (``method``, the IDM-only fields, and ``factor`` when it is 1), so they
         never split a DM cache entry; likewise the fields of ``OMITTED_AT_DEFAULT`` at their defaults (settings added
-        after cells were cached). The queue's settings appear
-        flat (``queue_length``, ...: ``QUEUE_FIELDS``). Both keep the keys of cached runs and saved files valid
-        (docs/cache.md).
+        after cells were cached). The queue's settings appear flat (``queue_length``, ...: ``QUEUE_FIELDS``). Both
+        keep the keys of cached runs and saved files valid (docs/cache.md).
         """
         values = canonical(self.resolved())
         for name, default in OMITTED_AT_DEFAULT.items():
@@ -280,7 +279,8 @@ class Distiller:
         self.history: list[dict] = []
 
     def _featnet_pool(self, progress: bool) -> FeatNetPool:
-        """The pretrained feature nets (CC's, or DM's matching nets): pretrained (or read from the cache) by rank 0 first, then exactly its weights on all."""
+        """The pretrained feature nets (CC's, or DM's matching nets): pretrained (or read from the cache) by rank 0
+        first, then exactly its weights on all."""
         cfg = self.config
         pool = distributed.main_first(lambda: FeatNetPool(self.data, cfg.featnet_spec(), cfg.featnet_pool,
                                                           self.device, progress and distributed.is_main()))

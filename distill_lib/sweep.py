@@ -246,8 +246,9 @@ def pretrain_featnets(cells: list[Cell], root=None) -> None:
 
 
 def featnets_needed(cells: list[Cell]) -> list[tuple[Cell, FeatNetSpec]]:
-    """Each distinct pretrained feature net (CC's, or DM's with match_net "featnet") the cells will pretrain, once, with a cell whose data it trains on: one per
-    (data set, validation split, spec), a pool asking for each of its members (:meth:`FeatNetPool.specs`)."""
+    """Each distinct pretrained feature net (CC's, or DM's with match_net "featnet") the cells will pretrain, once,
+    with a cell whose data it trains on: one per (data set, validation split, spec), a pool asking for each of its
+    members (:meth:`FeatNetPool.specs`)."""
     needed = {}
     for cell in cells:
         config = cell.config
