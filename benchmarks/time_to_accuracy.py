@@ -17,9 +17,9 @@ whenever its cells were computed: a point at n iterations sits at start + n x th
 (``distill_lib.reference``, the shape of the authors' code) computes the authors' setting's maths, so its curve is
 the authors' accuracies at the reference's seconds.
 
-Stage 1 (validation): every setting's curve on ``--validation`` held-out training images per class (``--val-models``
-evaluation nets, ``--val-epochs`` epochs); the setting with the best validation accuracy within ``--budget`` seconds
-is chosen. Stage 2 (test): the authors' setting and the chosen one (``--test all``: every setting) at every snapshot,
+Stage 1 (validation): every setting's curve, at the snapshots it reaches within ``--budget`` seconds, on
+``--validation`` held-out training images per class (``--val-models`` evaluation nets, ``--val-epochs`` epochs); the
+setting with the best validation accuracy is chosen. Stage 2 (test): the authors' setting and the chosen one (``--test all``: every setting) at every snapshot,
 ``--models`` nets of ``--eval-epochs`` epochs. Tables: the curves, and each setting's time to ``--target`` percent
 (the first snapshot at or above it). The figure (``--figure``) draws the test curves against seconds.
 """
@@ -36,7 +36,7 @@ from distill_lib import DistillConfig, EvalProtocol, distributed
 from distill_lib.data import load_dataset
 from distill_lib.distill import Distiller
 from distill_lib.options import RunOptions
-from distill_lib.sweep import Cell, run_cells
+from distill_lib.sweep import Cell, run_cells, synthetic_sets
 from distill_lib.train import resolve_device
 from speed import random_data, time_distill
 
@@ -76,6 +76,12 @@ def paces(configs: dict[str, DistillConfig], reps: int) -> tuple[dict[str, Pace]
         if name == AUTHORS:
             reference = Pace(library[name].start, statistics.median(ref))
     return library, reference
+
+
+def within(budget: float, snapshots: list[int], pace: Pace) -> list[int]:
+    """The snapshots a setting reaches within ``budget`` seconds: the only ones stage 1 evaluates, since a later one
+    cannot make the setting the choice."""
+    return [n for n in snapshots if pace.at(n) <= budget]
 
 
 def curve_rows(name: str, snapshots: list[int], pace: Pace, results) -> list[str]:
@@ -146,26 +152,28 @@ def main() -> None:
         say(f"| {name} | {p.start:.1f} | {p.per_iteration:.3f} | {p.per_iteration / reference.per_iteration:.2f} |",
             flush=True)
 
-    def curves(names: list[str], proto: EvalProtocol, validation: int) -> dict[str, list]:
-        cells = [Cell(replace(configs[n], iterations=k), proto, validation=validation) for n in names for k in snapshots]
+    def curves(points: dict[str, list[int]], proto: EvalProtocol, validation: int) -> dict[str, list]:
+        # each setting's snapshots distilled as one run by one rank first (the evaluations are then spread cell by
+        # cell): dealt cell by cell, two ranks would distil the same run's first iterations at once
+        runs = [(Cell(configs[n], proto, validation=validation), ks) for n, ks in points.items() if ks]
+        distributed.spread(len(runs), lambda i: len(synthetic_sets(*runs[i])))
+        cells = [Cell(replace(configs[n], iterations=k), proto, validation=validation) for n, ks in points.items()
+                 for k in ks]
         results = iter(run_cells(cells))
-        return {n: [next(results) for _ in snapshots] for n in names}
+        return {n: [next(results) for _ in ks] for n, ks in points.items()}
 
-    val = curves(list(configs), val_protocol, args.validation)
-
-    def within_budget(name: str) -> float:
-        reached = [r.mean for k, r in zip(snapshots, val[name]) if pace[name].at(k) <= args.budget]
-        return max(reached, default=0.0)
-    chosen = max(configs, key=within_budget)
-    say(f"\n## Validation ({args.validation} images per class)\n")
+    val_points = {n: within(args.budget, snapshots, pace[n]) for n in configs}
+    val = curves(val_points, val_protocol, args.validation)
+    chosen = max(configs, key=lambda n: max((r.mean for r in val[n]), default=0.0))
+    say(f"\n## Validation ({args.validation} images per class; the snapshots within {args.budget:g} s)\n")
     say("| setting | iterations | seconds | validation accuracy |")
     say("|---|---|---|---|")
     for name in configs:
-        say("\n".join(curve_rows(name, snapshots, pace[name], val[name])))
+        say("\n".join(curve_rows(name, val_points[name], pace[name], val[name])))
     say(f"\nChosen on validation (best within {args.budget:g} s): {chosen}")
 
     tested = list(configs) if args.test == "all" else list(dict.fromkeys([AUTHORS, chosen]))
-    test = curves(tested, protocol, 0)
+    test = curves({n: snapshots for n in tested}, protocol, 0)
     say("\n## Test\n")
     say("| setting | iterations | seconds | test accuracy |")
     say("|---|---|---|---|")
