@@ -76,6 +76,11 @@ def setup(device: torch.device | str = "cpu") -> None:
     if not launched() or dist.is_initialized():
         return
     timeout = collective_timeout()
+    # torch._dynamo, imported lazily by the first optimizer step, keeps references to a process group that exists
+    # when it is imported: destroy_process_group then leaves the group and its gloo threads alive until interpreter
+    # shutdown, where tearing them down aborts the process now and then ("terminate called without an active
+    # exception", exit -6, after all work is done). Imported before the group exists, it holds none.
+    import torch._dynamo  # noqa: F401
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl", timeout=timeout)

@@ -4,7 +4,8 @@
 
 Scenarios: ``main`` (DM+CC+CM, IDM+CC+CM, a partial run for 2 -> 1 resume, a 1 -> 2 resume of OUT_DIR/one_proc.pt, evaluation
 spread over ranks, a sweep over a partly cached grid, bad input: more ranks than classes) and ``kill`` (rank 1
-SIGKILLs itself at iteration 5 of a run checkpointed every 2 iterations). Only rank 0 writes result files; every
+SIGKILLs itself at iteration 5 of a run checkpointed every 2 iterations) and ``teardown`` (an optimizer step, then
+the exit-time teardown; each rank writes the names of the threads it still runs to ``threads_rank<r>.txt``). Only rank 0 writes result files; every
 rank writes the error it raised on bad input (``error_<case>_rank<r>.txt``).
 """
 from __future__ import annotations
@@ -84,6 +85,18 @@ def kill_scenario(out: Path) -> None:
     distill(tiny(), load_dataset("digits"), checkpoint=out / "killed.pt", options=EVERY_2, progress=False)
 
 
+def teardown_scenario(out: Path) -> None:
+    distributed.setup("cpu")
+    net = torch.nn.Linear(4, 2)
+    net(torch.randn(3, 4)).sum().backward()
+    torch.optim.SGD(net.parameters(), lr=0.1).step()  # the first optimizer step imports torch._dynamo
+    distributed.all_gather_object(distributed.rank())
+    distributed._teardown()  # what atexit runs at the end of every job
+    tasks = Path("/proc/self/task")
+    names = sorted((task / "comm").read_text().strip() for task in tasks.iterdir()) if tasks.exists() else ["?"]
+    (out / f"threads_rank{os.environ['RANK']}.txt").write_text("\n".join(names))
+
+
 if __name__ == "__main__":
     out_dir, scenario = Path(sys.argv[1]), sys.argv[2]
-    {"main": main_scenario, "kill": kill_scenario}[scenario](out_dir)
+    {"main": main_scenario, "kill": kill_scenario, "teardown": teardown_scenario}[scenario](out_dir)

@@ -233,6 +233,19 @@ def test_killed_rank_ends_the_job_and_the_last_checkpoint_resumes(single, digits
     assert_same_run(resumed, single["dm"])
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="lists threads through Linux's /proc")
+def test_teardown_ends_the_gloo_threads_after_an_optimizer_step(tmp_path):
+    """A group that outlives destroy_process_group is torn down at interpreter shutdown, which now and then aborts a
+    finished job (exit -6). The first optimizer step imports torch._dynamo; imported after the group exists, it
+    keeps the group (and its gloo_tcp_loop / pt_gloo_runloop threads) alive past the teardown."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    job = torchrun([WORKER, tmp_path, "teardown"], env, tmp_path)
+    assert job.returncode == 0, job.stdout + job.stderr
+    for rank in range(2):
+        threads = (tmp_path / f"threads_rank{rank}.txt").read_text().split()
+        assert not [name for name in threads if "gloo" in name], (rank, threads)
+
+
 def test_ranks_with_different_configs_fail_naming_the_field(single):
     """Two one-process "nodes" (the multi-node command) whose command lines differ in --lr-img."""
     port = free_port()
