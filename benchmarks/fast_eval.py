@@ -4,15 +4,15 @@
     python benchmarks/fast_eval.py --candidate "e300:epochs=300" --candidate "e100-lr0.03:epochs=100,lr=0.03"
     OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/fast_eval.py --threads 1   # cells over 2 processes
 
-The sets: every (data set, IPC, method, seed) of the grid, each a sweep cell (distilled at ``--iterations``, cached):
-a random real subset, DM, DM+CM (IPC > 1: at IPC 1 CM is inert and the set is DM's) and IDM. Each set is evaluated
-by the reference protocol (``--eval-epochs``, default 1000: the papers') and by every candidate
-(``NAME:field=value,...`` over the reference's EvalProtocol fields), ``--models`` nets each with the same seeds. A candidate is good for
-choosing when it ranks the sets as the reference does: per candidate, Spearman's rank correlation of the sets' mean
-accuracies with the reference's, over all sets and within each (data set, IPC) (what a sweep compares), the mean
-offset (candidate - reference) with its spread and the largest one, and its evaluation seconds per net against the
-reference's (each cell records how long its evaluation took). With ``--models`` >= 2 the reference's own noise is
-shown too: the rank correlation of its first net's accuracies with its second's.
+The sets: every (data set, IPC, method, seed) of the grid, each a sweep cell (distilled at ``--iterations``, cached): a
+random real subset, DM, DM+CM (IPC > 1: at IPC 1 CM is inert and the set is DM's) and IDM. Each set is evaluated by the
+reference protocol (``--eval-epochs``, default 1000: the papers') and by every candidate (``NAME:field=value,...`` over
+the reference's EvalProtocol fields), ``--models`` nets each with the same seeds. A candidate is good for choosing when
+it ranks the sets as the reference does: per candidate, Spearman's rank correlation of the sets' mean accuracies with
+the reference's, over all sets and within each (data set, IPC) (what a sweep compares), the mean offset (candidate -
+reference) with its spread and the largest one, and its evaluation seconds per net against the reference's (each cell
+records how long its evaluation took). With ``--models`` >= 2 the reference's own noise is shown too: the rank
+correlation of its first net's accuracies with its second's.
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@
         --snapshots 50 100 200 400 600 --target 48.9
 
 A setting is ``NAME:field=value,...`` (DistillConfig fields over DM as the authors run it, ``authors``: batch_real
-``--batch-real`` (256), lr_img 1, constant). Each setting is one run, read at ``--snapshots`` iteration counts: the sweep
-caches each count's set and resumes a longer run from the shorter one, so a curve costs one run and an evaluation
+``--batch-real`` (256), lr_img 1, constant). Each setting is one run, read at ``--snapshots`` iteration counts: the
+sweep caches each count's set and resumes a longer run from the shorter one, so a curve costs one run and an evaluation
 per point.
 
 Seconds: each setting's seconds per iteration are timed in this process (``--time-iterations`` iterations on
@@ -19,9 +19,10 @@ the authors' accuracies at the reference's seconds.
 
 Stage 1 (validation): every setting's curve, at the snapshots it reaches within ``--budget`` seconds, on
 ``--validation`` held-out training images per class (``--val-models`` evaluation nets, ``--val-epochs`` epochs); the
-setting with the best validation accuracy is chosen. Stage 2 (test): the authors' setting and the chosen one (``--test all``: every setting) at every snapshot,
-``--models`` nets of ``--eval-epochs`` epochs. Tables: the curves, and each setting's time to ``--target`` percent
-(the first snapshot at or above it). The figure (``--figure``) draws the test curves against seconds.
+setting with the best validation accuracy is chosen. Stage 2 (test): the authors' setting and the chosen one (``--test
+all``: every setting) at every snapshot, ``--models`` nets of ``--eval-epochs`` epochs. Tables: the curves, and each
+setting's time to ``--target`` percent (the first snapshot at or above it). The figure (``--figure``) draws the test
+curves against seconds.
 """
 from __future__ import annotations
 
@@ -137,8 +138,9 @@ def main() -> None:
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
     val_protocol = validation_protocol(args, protocol)
     distributed.setup(resolve_device(protocol.device))
+    authors = f"batch_real {args.batch_real}, lr_img 1"
     budget = (f"Budget: {dataset} IPC {ipc}, snapshots at {snapshots} iterations, seed 0; settings: " +
-              "; ".join(f"{n} ({', '.join(f'{k} {v}' for k, v in f.items()) or f'batch_real {args.batch_real}, lr_img 1'})"
+              "; ".join(f"{n} ({', '.join(f'{k} {v}' for k, v in f.items()) or authors})"
                         for n, f in settings.items()) +
               f"; chosen on {args.validation} validation images per class by accuracy within {args.budget:g} s "
               f"(evaluation {val_protocol.describe()}); test evaluation {protocol.describe()}.")
