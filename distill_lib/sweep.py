@@ -196,6 +196,8 @@ def describe(cell: Cell) -> str:
     extra += "".join(f" ({name} {getattr(ours, name):g})" for name in ("factor", "lr_img", "ce_weight")
                      if getattr(ours, name) != getattr(own, name))  # a departure from the method's own setting
     extra += f" (lr half-life {c.lr_half_life})" if c.lr_half_life else ""
+    extra += "".join(f" ({name} {getattr(c, name)})" for name in ("batch_real", "init")
+                     if getattr(c, name) != getattr(DistillConfig, name))  # time_to_accuracy's other levers
     what = {"random": "random", "init": f"{c.label()} initialisation"}.get(cell.method,
                                                                              f"{c.label()}{extra} {c.iterations} it")
     where = f"val{cell.validation}" if cell.validation else "test"

@@ -303,7 +303,7 @@ def test_cell_metrics_are_cached_per_set_feature_net_and_query_count(digits, mon
     assert calls == [3, 4, 3, 3]  # a random subset's key still names the feature net that measures it
 
 
-def test_describe_names_factor_lr_img_and_ce_weight_only_where_they_depart_from_the_methods_own():
+def test_describe_names_factor_lr_img_ce_weight_batch_real_and_init_only_where_they_depart_from_the_default():
     def label(**fields):
         return sweep.describe(Cell(DistillConfig(dataset="digits", ipc=2, **fields), PROTOCOL))
 
@@ -311,5 +311,8 @@ def test_describe_names_factor_lr_img_and_ce_weight_only_where_they_depart_from_
     assert label(method="dm", factor=2) == "digits ipc2 DM (factor 2) 200 it seed0 (test)"
     assert label(method="idm", factor=1, ce_weight=0.0, lr_img=1.0) == \
         "digits ipc2 IDM (factor 1) (lr_img 1) (ce_weight 0) 200 it seed0 (test)"
-    plain = label(method="idm") + label(method="idm", factor=2, lr_img=0.2) + label(method="dm", lr_img=1.0)
+    assert label(batch_real=64, init="herding", lr_half_life=200) == \
+        "digits ipc2 DM (lr half-life 200) (batch_real 64) (init herding) 200 it seed0 (test)"
+    plain = (label(method="idm") + label(method="idm", factor=2, lr_img=0.2) + label(method="dm", lr_img=1.0) +
+             label(batch_real=256, init="real"))
     assert "(" not in plain.replace("(test)", "")
