@@ -207,7 +207,7 @@ def test_sweep_cells_spread_and_cached_cell_not_rerun(single, main_job, monkeypa
     records = json.loads((single["out"] / "sweep.json").read_text())
     assert [seed for seed, _ in records] == [0, 1, 2]
     assert records[0][1] == list(single["cached"].accuracies)
-    computed = re.findall(r"\[cell\] digits ipc3 DM 2 it seed(\d)", main_job.stdout + main_job.stderr)
+    computed = re.findall(r"\[cell\] digits ipc3 DM (?:\([^)]*\) )*2 it seed(\d)", main_job.stdout + main_job.stderr)
     assert sorted(computed) == ["1", "2"]  # each uncached cell once; the cached one never
     assert single["cached_file"].stat().st_mtime_ns == single["cached_mtime"]
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "fresh"))  # recompute here, from nothing
