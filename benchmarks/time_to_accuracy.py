@@ -9,13 +9,13 @@ A setting is ``NAME:field=value,...`` (DistillConfig fields over DM as the autho
 sweep caches each count's set and resumes a longer run from the shorter one, so a curve costs one run and an evaluation
 per point.
 
-Seconds: each setting's seconds per iteration are timed in this process (``--time-iterations`` iterations on
-random images of the data set's shape, settings and the plain per-class reference loop interleaved, as
-benchmarks/speed.py times them; median), and so are the seconds to build its starting images from the real data (a
-warm start such as ``init=herding`` costs some), so every curve's time axis comes from one run on one machine,
-whenever its cells were computed: a point at n iterations sits at start + n x that median. The reference loop
-(``distill_lib.reference``, the shape of the authors' code) computes the authors' setting's maths, so its curve is
-the authors' accuracies at the reference's seconds.
+Seconds: each setting's seconds per iteration are timed in one process (under torchrun rank 0, the others waiting;
+``--time-iterations`` iterations on random images of the data set's shape, settings and the plain per-class
+reference loop interleaved, as benchmarks/speed.py times them; median), and so are the seconds to build its starting
+images from the real data (a warm start such as ``init=herding`` costs some), so every curve's time axis comes from
+one run on one machine, whenever its cells were computed: a point at n iterations sits at start + n x that median.
+The reference loop (``distill_lib.reference``, the shape of the authors' code) computes the authors' setting's
+maths, so its curve is the authors' accuracies at the reference's seconds.
 
 Stage 1 (validation): every setting's curve, at the snapshots it reaches within ``--budget`` seconds, on
 ``--validation`` held-out training images per class (``--val-models`` evaluation nets, ``--val-epochs`` epochs); the
@@ -146,7 +146,8 @@ def main() -> None:
               f"(evaluation {val_protocol.describe()}); test evaluation {protocol.describe()}.")
     say(budget + "\n", flush=True)
 
-    pace, reference = paces(configs, args.time_iterations)
+    # timed on rank 0 alone while the others wait, and sent to them: every rank must pick the same snapshots
+    pace, reference = distributed.from_main(lambda: paces(configs, args.time_iterations))
     say("| setting | s to start | s / iteration | x the reference loop |")
     say("|---|---|---|---|")
     say(f"| reference loop ({AUTHORS}) | {reference.start:.1f} | {reference.per_iteration:.3f} | 1.00 |")

@@ -204,10 +204,14 @@ def all_gather_object(obj: Any) -> list:
 
 
 def from_main(compute: Callable[[], Any]) -> Any:
-    """``compute()`` run on rank 0 only, its result sent to every rank (e.g. reading a checkpoint once)."""
+    """``compute()`` run on rank 0 only, as one process (``local()``: the others are not there to join its
+    collectives), its result sent to every rank (e.g. reading a checkpoint once, timing)."""
     if not active():
         return compute()
-    box = [compute() if is_main() else None]
+    box = [None]
+    if is_main():
+        with local():
+            box = [compute()]
     with _collective("sending rank 0's data"):
         dist.broadcast_object_list(box, src=0)
     return box[0]

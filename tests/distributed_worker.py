@@ -64,7 +64,10 @@ def main_scenario(out: Path) -> None:
     resumed = distill(tiny(), digits, checkpoint=out / "one_proc.pt", resume=True, options=CPU, progress=False)
     accuracies = evaluate(random_subset(digits, 2), digits, TINY_EVAL).accuracies
     records = sweep(grid(tiny(iterations=2), seed=[0, 1, 2]), TINY_EVAL)
+    # rank 0 alone, as one process: a collective inside must not wait for the other rank
+    alone = distributed.from_main(lambda: distributed.all_gather_object(distributed.rank()))
     if distributed.is_main():
+        (out / "from_main.json").write_text(json.dumps(alone))
         full.save(out / "dm_cc_cm.pt")
         idm.save(out / "idm_cc_cm.pt")
         part.save(out / "part.pt")

@@ -203,6 +203,10 @@ def test_evaluation_models_spread_over_ranks_in_model_order(single, main_job, di
     assert tuple(got["accuracies"]) == want
 
 
+def test_from_main_runs_its_work_on_rank_0_as_one_process(single, main_job):
+    assert json.loads((single["out"] / "from_main.json").read_text()) == [0]
+
+
 def test_sweep_cells_spread_and_cached_cell_not_rerun(single, main_job, monkeypatch, tmp_path):
     records = json.loads((single["out"] / "sweep.json").read_text())
     assert [seed for seed, _ in records] == [0, 1, 2]
