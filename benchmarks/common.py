@@ -39,19 +39,26 @@ def parser(doc: str, datasets: list[str], ipcs: list[int], seeds: int) -> argpar
     return p
 
 
+# Evaluation epochs of a validation cell unless --val-epochs says otherwise: benchmarks/fast_eval.py found that 300
+# epochs rank synthetic sets as the papers' 1000 do, at a third of the seconds (docs/speed.md).
+VALIDATION_EPOCHS = 300
+
+
 def validation_flags(p: argparse.ArgumentParser) -> None:
     """--validation, --val-models and --val-epochs: where hyper-parameters are chosen (held-out training images,
     never the test set), with how many evaluation nets per candidate and how many epochs each."""
     p.add_argument("--validation", type=int, default=500, help="held-out training images per class for choosing")
     p.add_argument("--val-models", type=int, default=1, help="evaluation nets per validation cell")
     p.add_argument("--val-epochs", type=int, default=None,
-                   help="evaluation epochs of a validation cell (default --eval-epochs; benchmarks/fast_eval.py checks "
-                        "how few keep the ranking)")
+                   help=f"evaluation epochs of a validation cell (default {VALIDATION_EPOCHS}, or --eval-epochs if "
+                        "fewer: the protocol benchmarks/fast_eval.py checked against 1000 epochs)")
 
 
 def validation_protocol(args: argparse.Namespace, protocol: EvalProtocol) -> EvalProtocol:
-    """The protocol of the validation cells: ``protocol`` with --val-models nets and --val-epochs epochs."""
-    return replace(protocol, num_models=args.val_models, epochs=args.val_epochs or protocol.epochs)
+    """The protocol of the validation cells: ``protocol`` with --val-models nets and --val-epochs epochs (default
+    ``VALIDATION_EPOCHS``, never more than the test protocol's)."""
+    epochs = args.val_epochs or min(VALIDATION_EPOCHS, protocol.epochs)
+    return replace(protocol, num_models=args.val_models, epochs=epochs)
 
 
 BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}

@@ -8,12 +8,13 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from distill_lib import course
+from distill_lib import EvalProtocol, course
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -205,3 +206,14 @@ def test_once_idm_json_exists_the_headline_is_checked_against_it(recorded, tmp_p
     assert where.endswith("idm.json`")
     found = mismatches((REPO / "README.md").read_text(encoding="utf-8"), tables)
     assert bool(found) == bool(edit), found
+
+
+def test_validation_cells_default_to_the_checked_fast_protocol_and_never_exceed_the_test_one():
+    p = argparse.ArgumentParser()
+    common.validation_flags(p)
+    test_protocol = EvalProtocol(epochs=1000, num_models=3)
+    chosen = common.validation_protocol(p.parse_args([]), test_protocol)
+    assert (chosen.epochs, chosen.num_models) == (common.VALIDATION_EPOCHS, 1) == (300, 1)
+    assert chosen.lr == test_protocol.lr and chosen.seed == test_protocol.seed  # only epochs and nets differ
+    assert common.validation_protocol(p.parse_args([]), replace(test_protocol, epochs=20)).epochs == 20
+    assert common.validation_protocol(p.parse_args(["--val-epochs", "50"]), test_protocol).epochs == 50
