@@ -90,6 +90,20 @@ def test_the_figure_plots_each_rows_gains_against_its_net_accuracy(run):
     col = {name: k for k, name in enumerate(table["columns"])}
     points = {tuple(map(float, xy)) for collection in figure.axes[0].collections for xy in collection.get_offsets()}
     want = {(percent(r[col["net accuracy"]]), float(r[col[gain]])) for r in table["rows"]
-            for gain in ("CC gain", "control gain")}
-    assert len(figure.axes[0].collections) == 4  # filled and hollow markers for each of the two pool sizes
+            for gain in ("CC gain", "control gain", "CC+CM gain")}
+    assert len(figure.axes[0].collections) == 6  # +CC, control and +CC+CM for each of the two pool sizes
     torch.testing.assert_close(torch.tensor(sorted(points)), torch.tensor(sorted(want)))
+    row = table["rows"][0]
+    levels = sorted(line.get_ydata()[0] for line in figure.axes[0].lines)  # zero and CM's gain
+    assert levels == pytest.approx(sorted([0.0, percent(row[col["+CM"]]) - percent(row[col["DM"]])]))
+
+
+def test_the_figure_leaves_out_what_was_not_measured(run):
+    table = json.loads(json.dumps(run[2]["tables"][0]))
+    col = {name: k for k, name in enumerate(table["columns"])}
+    for r in table["rows"]:
+        for name in ("+CM", "+CC+CM", "CC+CM gain"):
+            r[col[name]] = "-"
+    ax = course.plot_cc_gain(table).axes[0]
+    assert [line.get_ydata()[0] for line in ax.lines] == [0]  # no CM line
+    assert len(ax.collections) == 4 and not any("+CC+CM" in c.get_label() for c in ax.collections)
