@@ -107,3 +107,21 @@ def test_the_figure_leaves_out_what_was_not_measured(run):
     ax = course.plot_cc_gain(table).axes[0]
     assert [line.get_ydata()[0] for line in ax.lines] == [0]  # no CM line
     assert len(ax.collections) == 4 and not any("+CC+CM" in c.get_label() for c in ax.collections)
+
+
+def test_several_lambdas_are_chosen_on_validation_and_the_scan_is_a_table(run):
+    tmp, _, _, env, argv = run
+    argv = [a for a in argv if a != "convnet:1:2"]  # one row: the default feature net
+    job = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cc_gain.py"), *argv, "--columns", "+CC",
+                          "--lambda-cc", "0.01", "0.3", "--validation", "10", "--val-epochs", "20",
+                          "--figure", ""], env=env, capture_output=True, text=True, timeout=900)
+    assert job.returncode == 0, job.stderr[-3000:]
+    record = json.loads((tmp / "results" / "cc_gain.json").read_text(encoding="utf-8"))
+    table, _, scan = record["tables"]
+    assert scan["title"].startswith("Validation scan of lambda_CC")
+    col = {name: k for k, name in enumerate(scan["columns"])}
+    assert [r[col["lambda_CC"]] for r in scan["rows"]] == ["0.01", "0.3"]
+    best = max(scan["rows"], key=lambda r: percent(r[col["validation accuracy"]]))
+    assert [r[col["chosen"]] for r in scan["rows"]] == ["yes" if r is best else "" for r in scan["rows"]]
+    assert table["rows"][0][table["columns"].index("lambda_CC")] == best[col["lambda_CC"]]
+    assert "chosen per row from [0.01, 0.3] on 10 validation images" in record["protocol"]
