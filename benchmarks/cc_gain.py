@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,11 +102,11 @@ def main() -> None:
         picks = choose([{v: replace(base, cc=True, lambda_cc=v) for v in args.lambda_cc} for *_, base in rows],
                        validation_protocol(args, protocol), args.validation)
         lambdas = [value for value, _ in picks]
-        for (dataset, ipc, setting, *_), (value, scan) in zip(rows, picks):
-            say(f"  {dataset} ipc{ipc} {describe_featnet(setting)} pool {setting['featnet_pool']}: validation scan "
-                f"of lambda_CC: " + "; ".join(f"{v:g}: {r}" for v, r in scan.items()) + f" -> {value:g}", flush=True)
+        if distributed.is_main():  # progress only; the scan's table comes after the results
+            print("validation scan done: lambda_CC " + ", ".join(f"{v:g}" for v in lambdas) + " chosen",
+                  file=sys.stderr, flush=True)
     else:
-        lambdas = [args.lambda_cc[0]] * len(rows)
+        picks, lambdas = [], [args.lambda_cc[0]] * len(rows)
 
     def columns(dm: DistillConfig, base: DistillConfig, lambda_cc: float) -> dict[str, DistillConfig]:
         """The row's five configs; DM and +CM use no feature net, so every row shares their cells."""
@@ -143,6 +144,15 @@ def main() -> None:
     say("|---|---|---|---|")
     for (dataset, ipc, what), those in seconds.items():
         say(f"| {dataset} | {ipc} | {what} | {cell_seconds(those)} |")
+    if picks:
+        say(f"\n## Validation scan of lambda_CC (CC alone on DM, seed 0; {args.validation} held-out training images "
+            f"per class; the feature nets trained without them)\n")
+        say("| dataset | IPC | feature net | pool | lambda_CC | validation accuracy | chosen |")
+        say("|---|---|---|---|---|---|---|")
+        for (dataset, ipc, setting, *_), (value, scan) in zip(rows, picks):
+            for v, result in scan.items():
+                say(f"| {dataset} | {ipc} | {describe_featnet(setting)} | {setting['featnet_pool']} | {v:g} | "
+                    f"{result} | {'yes' if v == value else ''} |")
     path = write_results("cc_gain", args, budget)
     if args.figure and path is not None:
         figure = course.plot_cc_gain(course.measured_from_json("cc_gain", path).tables[0])

@@ -169,26 +169,35 @@ def show_grid(images, rows: int, cols: int, row_labels=(), title: str | None = N
 
 
 def plot_cc_gain(table: dict, title: str = "What CC's gain depends on"):
-    """CC's gain over DM (filled) and the control's, DM matched in the same feature net without CC (hollow),
-    against the feature net's test accuracy, one marker shape per pool size: the table benchmarks/cc_gain.py prints
-    ({"columns", "rows"}, as results/cc_gain.json stores it; "-" where a column was not measured). Returns the
-    figure."""
+    """CC's gain over DM (filled), the control's, DM matched in the same feature net without CC (hollow), and
+    CC+CM's (crosses) against the feature net's test accuracy, one marker shape per pool size; CM's gain, which needs
+    no feature net, as a dashed line. Reads the table benchmarks/cc_gain.py prints ({"columns", "rows"}, as
+    results/cc_gain.json stores it; "-" where a column was not measured, not drawn). Returns the figure."""
     import matplotlib.pyplot as plt
 
-    col = {name: table["columns"].index(name) for name in ("pool", "net accuracy", "CC gain", "control gain")}
-    def number(text: str) -> float:  # "-": not measured, not drawn
-        return float("nan") if text.strip() == "-" else float(text.rstrip(" %"))
-    rows = [(int(r[col["pool"]]), number(r[col["net accuracy"]]), number(r[col["CC gain"]]),
-             number(r[col["control gain"]])) for r in table["rows"]]
-    fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
+    columns = table["columns"]
+    def number(row: list, name: str) -> float:  # "48.09 %", "48.09 ± 0.30 %", "+1.20"; "-" or no column: nan
+        text = row[columns.index(name)].strip() if name in columns else "-"
+        return float("nan") if text == "-" else float(text.split(" ±")[0].rstrip(" %"))
+    rows = [(int(r[columns.index("pool")]), *(number(r, name) for name in
+                                              ("net accuracy", "CC gain", "control gain", "CC+CM gain")))
+            for r in table["rows"]]
+    fig, ax = plt.subplots(figsize=(6.4, 4), layout="constrained")
     ax.axhline(0, color="grey", lw=0.8)
+    cm_gains = [g for g in (number(r, "+CM") - number(r, "DM") for r in table["rows"]) if g == g]  # not nan
+    if cm_gains:  # the same cells in every row
+        ax.axhline(cm_gains[0], color="C2", lw=1, ls="--", label=f"+CM (no feature net): {cm_gains[0]:+.2f}")
     for k, pool in enumerate(sorted({r[0] for r in rows})):
         mine = [r for r in rows if r[0] == pool]
         marker = "osD^v"[k % 5]
-        ax.scatter([r[1] for r in mine], [r[2] for r in mine], marker=marker, color="C0", s=50,
-                   label=f"+CC, pool of {pool}")
-        ax.scatter([r[1] for r in mine], [r[3] for r in mine], marker=marker, facecolors="none", edgecolors="C1",
-                   s=50, label=f"control: DM in the feature net, pool of {pool}")
+        series = ((2, f"+CC, pool of {pool}", dict(marker=marker, color="C0")),
+                  (3, f"control: DM in the feature net, pool of {pool}",
+                   dict(marker=marker, facecolors="none", edgecolors="C1")),
+                  (4, f"+CC+CM, pool of {pool}", dict(marker="x" if k == 0 else "+", color="C2")))
+        for index, label, style in series:
+            y = [r[index] for r in mine]
+            if any(v == v for v in y):  # a series nobody measured gets no marker and no legend entry
+                ax.scatter([r[1] for r in mine], y, s=50, label=label, **style)
     ax.set_xlabel("feature net's test accuracy (%)")
     ax.set_ylabel("gain over DM (points)")
     ax.set_title(title)

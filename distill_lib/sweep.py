@@ -192,8 +192,11 @@ def describe(cell: Cell) -> str:
     extra = f" (CC paper form, beta {c.cc_beta:g})" if c.cc and c.cc_form == "paper" else ""
     if c.uses_featnets and c.featnet_recipe != "default":
         extra += f" (feature nets {c.featnet_recipe} {c.featnet_epochs} ep x {c.featnet_pool})"
-    ours, own = c.resolved(), replace(c, factor=None, lr_img=None, ce_weight=DistillConfig.ce_weight).resolved()
-    extra += "".join(f" ({name} {getattr(ours, name):g})" for name in ("factor", "lr_img", "ce_weight")
+    ours = c.resolved()
+    own = replace(c, factor=None, lr_img=None, ce_weight=DistillConfig.ce_weight, lambda_cc=None,
+                  lambda_cm=None).resolved()
+    weights = [name for name, on in (("lambda_cc", c.cc), ("lambda_cm", c.cm)) if on]  # an unused weight says nothing
+    extra += "".join(f" ({name} {getattr(ours, name):g})" for name in ("factor", "lr_img", "ce_weight", *weights)
                      if getattr(ours, name) != getattr(own, name))  # a departure from the method's own setting
     extra += f" (lr half-life {c.lr_half_life})" if c.lr_half_life else ""
     extra += "".join(f" ({name} {getattr(c, name)})" for name in ("batch_real", "init")

@@ -90,6 +90,38 @@ def test_the_figure_plots_each_rows_gains_against_its_net_accuracy(run):
     col = {name: k for k, name in enumerate(table["columns"])}
     points = {tuple(map(float, xy)) for collection in figure.axes[0].collections for xy in collection.get_offsets()}
     want = {(percent(r[col["net accuracy"]]), float(r[col[gain]])) for r in table["rows"]
-            for gain in ("CC gain", "control gain")}
-    assert len(figure.axes[0].collections) == 4  # filled and hollow markers for each of the two pool sizes
+            for gain in ("CC gain", "control gain", "CC+CM gain")}
+    assert len(figure.axes[0].collections) == 6  # +CC, control and +CC+CM for each of the two pool sizes
     torch.testing.assert_close(torch.tensor(sorted(points)), torch.tensor(sorted(want)))
+    row = table["rows"][0]
+    levels = sorted(line.get_ydata()[0] for line in figure.axes[0].lines)  # zero and CM's gain
+    assert levels == pytest.approx(sorted([0.0, percent(row[col["+CM"]]) - percent(row[col["DM"]])]))
+
+
+def test_the_figure_leaves_out_what_was_not_measured(run):
+    table = json.loads(json.dumps(run[2]["tables"][0]))
+    col = {name: k for k, name in enumerate(table["columns"])}
+    for r in table["rows"]:
+        for name in ("+CM", "+CC+CM", "CC+CM gain"):
+            r[col[name]] = "-"
+    ax = course.plot_cc_gain(table).axes[0]
+    assert [line.get_ydata()[0] for line in ax.lines] == [0]  # no CM line
+    assert len(ax.collections) == 4 and not any("+CC+CM" in c.get_label() for c in ax.collections)
+
+
+def test_several_lambdas_are_chosen_on_validation_and_the_scan_is_a_table(run):
+    tmp, _, _, env, argv = run
+    argv = [a for a in argv if a != "convnet:1:2"]  # one row: the default feature net
+    job = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cc_gain.py"), *argv, "--columns", "+CC",
+                          "--lambda-cc", "0.01", "0.3", "--validation", "10", "--val-epochs", "20",
+                          "--figure", ""], env=env, capture_output=True, text=True, timeout=900)
+    assert job.returncode == 0, job.stderr[-3000:]
+    record = json.loads((tmp / "results" / "cc_gain.json").read_text(encoding="utf-8"))
+    table, _, scan = record["tables"]
+    assert scan["title"].startswith("Validation scan of lambda_CC")
+    col = {name: k for k, name in enumerate(scan["columns"])}
+    assert [r[col["lambda_CC"]] for r in scan["rows"]] == ["0.01", "0.3"]
+    best = max(scan["rows"], key=lambda r: percent(r[col["validation accuracy"]]))
+    assert [r[col["chosen"]] for r in scan["rows"]] == ["yes" if r is best else "" for r in scan["rows"]]
+    assert table["rows"][0][table["columns"].index("lambda_CC")] == best[col["lambda_CC"]]
+    assert "chosen per row from [0.01, 0.3] on 10 validation images" in record["protocol"]

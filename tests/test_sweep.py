@@ -303,7 +303,7 @@ def test_cell_metrics_are_cached_per_set_feature_net_and_query_count(digits, mon
     assert calls == [3, 4, 3, 3]  # a random subset's key still names the feature net that measures it
 
 
-def test_describe_names_factor_lr_img_ce_weight_batch_real_and_init_only_where_they_depart_from_the_default():
+def test_describe_names_factor_lr_img_ce_weight_lambdas_batch_real_and_init_only_where_they_depart_from_the_default():
     def label(**fields):
         return sweep.describe(Cell(DistillConfig(dataset="digits", ipc=2, **fields), PROTOCOL))
 
@@ -313,6 +313,9 @@ def test_describe_names_factor_lr_img_ce_weight_batch_real_and_init_only_where_t
         "digits ipc2 IDM (factor 1) (lr_img 1) (ce_weight 0) 200 it seed0 (test)"
     assert label(batch_real=64, init="herding", lr_half_life=200) == \
         "digits ipc2 DM (lr half-life 200) (batch_real 64) (init herding) 200 it seed0 (test)"
+    assert label(cc=True, cm=True, lambda_cc=0.003) == "digits ipc2 DM+CC+CM (lambda_cc 0.003) 200 it seed0 (test)"
+    assert label(method="idm", cm=True, lambda_cm=0.01) == "digits ipc2 IDM+CM (lambda_cm 0.01) 200 it seed0 (test)"
     plain = (label(method="idm") + label(method="idm", factor=2, lr_img=0.2) + label(method="dm", lr_img=1.0) +
-             label(batch_real=256, init="real"))
+             label(batch_real=256, init="real") + label(cc=True, cm=True, lambda_cc=0.05, lambda_cm=0.01) +
+             label(lambda_cc=0.003, lambda_cm=0.5))
     assert "(" not in plain.replace("(test)", "")
