@@ -5,8 +5,8 @@
 
 CC pulls each class's synthetic images towards their mean in a *pretrained* feature net. Each ``--featnets`` entry
 ``RECIPE:EPOCHS:POOL`` is one feature-net setting (distill_lib.featnet.RECIPES; ``default`` is the ResNet18 on
-``--featnet-per-class`` images per class): a row of the table with the pool's mean test accuracy (stored with each
-net) and, at the same budget, DM (its random nets; the same in every row), DM(featnet) (DM's mean matching done in
+``--featnet-per-class`` images per class): a row of the table with the mean test accuracy of the nets its cells
+draw (stored with each net) and, at the same budget, DM (its random nets; the same in every row), DM(featnet) (DM's mean matching done in
 the drawn feature net instead, without CC: the control, whose gain is a trained embedding's, not centralization's),
 +CC, +CM (no feature net; the same in every row) and +CC+CM. Gains are in points over DM, mean over seeds x
 evaluation nets. ``--lambda-cc`` with several values chooses lambda_CC per row on ``--validation`` held-out training
@@ -52,11 +52,13 @@ def describe_featnet(setting: dict) -> str:
     return f"{recipe}{where}, {setting['featnet_epochs']} ep"
 
 
-def pool_accuracy(config: DistillConfig, root=None) -> float:
-    """Mean test accuracy of the config's feature-net pool (each net's, stored with its weights when trained)."""
+def pool_accuracy(config: DistillConfig, seeds: int, root=None) -> float:
+    """Mean test accuracy of every feature net the row's cells draw, each once: the pools of distillation seeds
+    0 .. seeds - 1 (seed s draws nets s .. s + pool - 1), each net's accuracy stored with its weights when trained."""
     data = cell_data(Cell(config, EvalProtocol()), root)
-    return statistics.fmean(float(pretrained(data, spec)["accuracy"])
-                            for spec in FeatNetPool.specs(config.featnet_spec(), config.featnet_pool))
+    specs = dict.fromkeys(spec for s in range(seeds)
+                          for spec in FeatNetPool.specs(replace(config, seed=s).featnet_spec(), config.featnet_pool))
+    return statistics.fmean(float(pretrained(data, spec)["accuracy"]) for spec in specs)
 
 
 def cell_seconds(cells: list[Cell]) -> str:
@@ -134,7 +136,7 @@ def main() -> None:
         def gain(name: str) -> str:
             return f"{100 * (got[name].mean - got['DM'].mean):+.2f}" if name in got else "-"
         say(f"| {dataset} | {ipc} | {describe_featnet(setting)} | {base.featnet_pool} | "
-            f"{100 * pool_accuracy(base):.2f} % | {lambda_cc:g} | " + " | ".join(str(got.get(n, "-")) for n in COLUMNS)
+            f"{100 * pool_accuracy(base, args.seeds):.2f} % | {lambda_cc:g} | " + " | ".join(str(got.get(n, "-")) for n in COLUMNS)
             + f" | {gain('+CC')} | {gain('DM(featnet)')} | {gain('+CC+CM')} |")
         for name, those in mine.items():
             seconds.setdefault((dataset, ipc, name if name in ("DM", "+CM") else

@@ -9,13 +9,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
 import pytest
 import torch
 
-from distill_lib import course
+from distill_lib import DistillConfig, course
 from distill_lib.data import load_dataset
 from distill_lib.featnet import pretrained, recipe
 
@@ -81,6 +82,22 @@ def test_the_table_is_what_its_columns_claim(run, monkeypatch):
     assert all(float(r[3]) > 0 for r in seconds["rows"])
     assert record["protocol"].startswith("Budget: 5 iterations, batch_real 16") and "lambda_CC 0.05" in record["protocol"]
     assert (tmp / "cc_gain.png").stat().st_size > 10_000
+
+
+def test_a_rows_net_accuracy_averages_every_net_its_seeds_draw(run, monkeypatch):
+    """Seed s draws the nets s .. s + pool - 1: pool 1 over seeds 0 and 1 draws the same two nets as pool 2 over
+    seed 0, so the two rows' net accuracy is the same mean, and a single seed of pool 1 is its one net's."""
+    tmp, *_ = run
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp / "cache"))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from cc_gain import pool_accuracy
+    data = load_dataset("digits")
+    stored = [float(pretrained(data, recipe("convnet", epochs=1, seed=s))["accuracy"]) for s in (0, 1)]
+    net = DistillConfig(dataset="digits", featnet_recipe="convnet", featnet_epochs=1)
+    assert pool_accuracy(net, seeds=1) == pytest.approx(stored[0])
+    assert pool_accuracy(net, seeds=2) == pytest.approx(sum(stored) / 2)
+    assert pool_accuracy(replace(net, featnet_pool=2), seeds=2) == pytest.approx(
+        (sum(stored) + float(pretrained(data, recipe("convnet", epochs=1, seed=2))["accuracy"])) / 3)
 
 
 def test_the_figure_plots_each_rows_gains_against_its_net_accuracy(run):
