@@ -52,10 +52,11 @@ def describe_featnet(setting: dict) -> str:
     return f"{recipe}{where}, {setting['featnet_epochs']} ep"
 
 
-def pool_accuracy(config: DistillConfig, seeds: int, root=None) -> float:
+def pool_accuracy(config: DistillConfig, seeds: int, validation: int = 0, root=None) -> float:
     """Mean test accuracy of every feature net the row's cells draw, each once: the pools of distillation seeds
-    0 .. seeds - 1 (seed s draws nets s .. s + pool - 1), each net's accuracy stored with its weights when trained."""
-    data = cell_data(Cell(config, EvalProtocol()), root)
+    0 .. seeds - 1 (seed s draws nets s .. s + pool - 1), each net's accuracy stored with its weights when trained.
+    ``validation``: of the nets the validation cells draw, trained without the held-out images."""
+    data = cell_data(Cell(config, EvalProtocol(), validation=validation), root)
     specs = dict.fromkeys(spec for s in range(seeds)
                           for spec in FeatNetPool.specs(replace(config, seed=s).featnet_spec(), config.featnet_pool))
     return statistics.fmean(float(pretrained(data, spec)["accuracy"]) for spec in specs)
@@ -148,13 +149,14 @@ def main() -> None:
         say(f"| {dataset} | {ipc} | {what} | {cell_seconds(those)} |")
     if picks:
         say(f"\n## Validation scan of lambda_CC (CC alone on DM, seed 0; {args.validation} held-out training images "
-            f"per class; the feature nets trained without them)\n")
-        say("| dataset | IPC | feature net | pool | lambda_CC | validation accuracy | chosen |")
-        say("|---|---|---|---|---|---|---|")
-        for (dataset, ipc, setting, *_), (value, scan) in zip(rows, picks):
+            f"per class; the feature nets trained without them, their test accuracy as net accuracy)\n")
+        say("| dataset | IPC | feature net | pool | net accuracy | lambda_CC | validation accuracy | chosen |")
+        say("|---|---|---|---|---|---|---|---|")
+        for (dataset, ipc, setting, _, base), (value, scan) in zip(rows, picks):
+            accuracy = f"{100 * pool_accuracy(base, 1, args.validation):.2f} %"
             for v, result in scan.items():
-                say(f"| {dataset} | {ipc} | {describe_featnet(setting)} | {setting['featnet_pool']} | {v:g} | "
-                    f"{result} | {'yes' if v == value else ''} |")
+                say(f"| {dataset} | {ipc} | {describe_featnet(setting)} | {setting['featnet_pool']} | {accuracy} | "
+                    f"{v:g} | {result} | {'yes' if v == value else ''} |")
     path = write_results("cc_gain", args, budget)
     if args.figure and path is not None:
         figure = course.plot_cc_gain(course.measured_from_json("cc_gain", path).tables[0])

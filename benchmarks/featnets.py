@@ -1,14 +1,18 @@
-"""CC's feature nets: pretrain a pool of one recipe, each net by one torchrun rank, and print each net's accuracy.
+"""CC's feature nets: pretrain pools of one or more recipes, each net by one torchrun rank, and print each net's
+accuracy, training seconds and seconds per epoch.
 
     python benchmarks/featnets.py --dataset cifar10 --recipe convnet --pool 4
     OMP_NUM_THREADS=1 torchrun --nproc_per_node 4 benchmarks/featnets.py --dataset cifar10 --recipe paper --pool 4
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/featnets.py --recipe convnet paper:1 default:1 --pool 1
     python benchmarks/featnets.py --dataset cifar10 --cost 10 --threads 1     # seconds per batch of every recipe
 
-A pool is the recipe's spec (distill_lib.featnet.RECIPES) with seeds --seed, --seed + 1, ...: exactly the pool a
-distillation with ``--featnet-recipe R --featnet-epochs E --featnet-pool K --seed S`` draws from, so that run finds
+Each ``--recipe`` entry is ``NAME`` or ``NAME:EPOCHS`` (``--epochs``, else the recipe's own length, where it gives
+none). A pool is the recipe's spec (distill_lib.featnet.RECIPES) with seeds --seed, --seed + 1, ...: exactly the pool
+a distillation with ``--featnet-recipe R --featnet-epochs E --featnet-pool K --seed S`` draws from, so that run finds
 every net in the cache. ``--validation K`` also pretrains the pool on the training set less K images per class, the
 nets a sweep that chooses lambda on that split uses. Each net is cached under its spec with its test accuracy and
-training seconds; rerunning prints the same table from the cache.
+training seconds; rerunning prints the same table from the cache. All the recipes' nets are dealt over the ranks
+together, and a net's seconds over its epochs is the measured end-to-end cost of one epoch of its recipe.
 
 ``--cost N`` trains no net to the end: it times N training batches of every recipe on one process (after two
 warm-up batches) and extrapolates to an epoch and to the recipe's length: a throughput measurement, not a run.
@@ -19,6 +23,7 @@ import argparse
 import math
 import os
 import time
+from dataclasses import replace
 
 import torch
 
@@ -32,10 +37,11 @@ from distill_lib.train import train_steps
 WARMUP_BATCHES = 2
 
 
-def pool_rows(datas: dict[str, RealData], spec: FeatNetSpec, size: int) -> list[tuple[str, FeatNetSpec, dict]]:
-    """(split name, member spec, {accuracy, seconds}) of every member on every split, each trained (or read from
-    the cache) by one rank, dealt round-robin as sweeps deal their feature nets (distill_lib.sweep)."""
-    todo = [(name, member) for name in datas for member in FeatNetPool.specs(spec, size)]
+def pool_rows(datas: dict[str, RealData], specs: list[FeatNetSpec], size: int) -> list[tuple[str, FeatNetSpec, dict]]:
+    """(split name, member spec, {accuracy, seconds}) of every member of every spec's pool on every split, each
+    trained (or read from the cache) by one rank, dealt round-robin as sweeps deal their feature nets
+    (distill_lib.sweep)."""
+    todo = [(name, member) for spec in specs for name in datas for member in FeatNetPool.specs(spec, size)]
     progress = distributed.is_main()  # rank 0's nets show their progress bars; inside spread every rank is "main"
 
     def compute(i: int) -> dict:
@@ -44,6 +50,23 @@ def pool_rows(datas: dict[str, RealData], spec: FeatNetSpec, size: int) -> list[
         return {"accuracy": float(entry["accuracy"]), "seconds": entry.get("seconds")}
 
     return [(name, member, record) for (name, member), record in zip(todo, distributed.spread(len(todo), compute))]
+
+
+def recipe_entry(text: str) -> tuple[str, int | None]:
+    """``NAME`` or ``NAME:EPOCHS`` of a ``--recipe`` entry."""
+    name, _, epochs = text.partition(":")
+    if name not in RECIPES:
+        raise argparse.ArgumentTypeError(f"unknown recipe {name!r}; expected one of {tuple(RECIPES)}")
+    try:
+        return name, int(epochs) if epochs else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME:EPOCHS (e.g. paper:10), got {text!r}") from None
+
+
+def describe(name: str, spec: FeatNetSpec) -> str:
+    return (f"{name!r}: {spec.arch}, {spec.epochs} epochs, batch {spec.batch_size}, lr {spec.lr:g} ({spec.schedule}), "
+            f"augmentation {spec.dsa_strategy}, "
+            f"{'the whole training set' if spec.per_class is None else f'{spec.per_class} images per class'}")
 
 
 def batch_seconds(data: RealData, spec: FeatNetSpec, batches: int) -> float:
@@ -80,8 +103,9 @@ def cost_table(data: RealData, batches: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="cifar10")
-    p.add_argument("--recipe", choices=tuple(RECIPES), default="paper", help="how each net is trained")
-    p.add_argument("--epochs", type=int, help="training epochs of each net (default: the recipe's)")
+    p.add_argument("--recipe", nargs="+", type=recipe_entry, default=[("paper", None)], metavar="NAME[:EPOCHS]",
+                   help=f"how each net is trained, one pool per entry: {', '.join(RECIPES)}, each with its epochs")
+    p.add_argument("--epochs", type=int, help="training epochs of an entry without its own (default: the recipe's)")
     p.add_argument("--arch", choices=MODEL_NAMES, help="the net (default: the recipe's)")
     p.add_argument("--pool", type=int, default=4, help="nets in the pool (seeds --seed, --seed + 1, ...)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first net (a distillation's --seed)")
@@ -101,21 +125,25 @@ def main() -> None:
         write_results("featnets", args)
         return
 
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("arch", args.arch)) if v is not None}
-    spec = recipe(args.recipe, seed=args.seed, **overrides)
+    specs = {}
+    for name, epochs in args.recipe:
+        overrides = {k: v for k, v in (("epochs", epochs or args.epochs), ("arch", args.arch)) if v is not None}
+        specs[recipe(name, seed=args.seed, **overrides)] = name
     datas = {"full": data} | ({f"val{args.validation}": data.validation_split(args.validation)}
                               if args.validation else {})
-    say(f"Feature nets of recipe {args.recipe!r} on {args.dataset}: {spec.arch}, {spec.epochs} epochs, batch "
-        f"{spec.batch_size}, lr {spec.lr:g} ({spec.schedule}), augmentation {spec.dsa_strategy}, "
-        f"{'the whole training set' if spec.per_class is None else f'{spec.per_class} images per class'}; "
-        f"{args.pool} seeds from {args.seed}, {distributed.world_size()} process(es), "
-        f"{torch.get_num_threads()} thread(s) each.\n", flush=True)
-    rows = pool_rows(datas, spec, args.pool)
-    say("| trained on | seed | accuracy (test split) | training seconds |")
-    say("|---|---|---|---|")
-    for name, member, record in rows:
-        seconds = "-" if record["seconds"] is None else f"{record['seconds']:.0f}"
-        say(f"| {name} | {member.seed} | {100 * record['accuracy']:.2f} % | {seconds} |")
+    say(f"Feature nets on {args.dataset}, {args.pool} seed(s) from {args.seed} per recipe, "
+        f"{distributed.world_size()} process(es), {torch.get_num_threads()} thread(s) each:\n")
+    for spec, name in specs.items():
+        say(f"- {describe(name, spec)}")
+    say("", flush=True)
+    rows = pool_rows(datas, list(specs), args.pool)
+    say("| recipe | epochs | trained on | seed | accuracy (test split) | training seconds | s / epoch |")
+    say("|---|---|---|---|---|---|---|")
+    for split, member, record in rows:
+        seconds, per_epoch = (("-", "-") if record["seconds"] is None else
+                              (f"{record['seconds']:.0f}", f"{record['seconds'] / member.epochs:.0f}"))
+        say(f"| {specs[replace(member, seed=args.seed)]} | {member.epochs} | {split} | {member.seed} | "
+            f"{100 * record['accuracy']:.2f} % | {seconds} | {per_epoch} |")
     write_results("featnets", args)
 
 

@@ -126,7 +126,7 @@ def test_the_figure_leaves_out_what_was_not_measured(run):
     assert len(ax.collections) == 4 and not any("+CC+CM" in c.get_label() for c in ax.collections)
 
 
-def test_several_lambdas_are_chosen_on_validation_and_the_scan_is_a_table(run):
+def test_several_lambdas_are_chosen_on_validation_and_the_scan_is_a_table(run, monkeypatch):
     tmp, _, _, env, argv = run
     argv = [a for a in argv if a != "convnet:1:2"]  # one row: the default feature net
     job = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cc_gain.py"), *argv, "--columns", "+CC",
@@ -142,3 +142,8 @@ def test_several_lambdas_are_chosen_on_validation_and_the_scan_is_a_table(run):
     assert [r[col["chosen"]] for r in scan["rows"]] == ["yes" if r is best else "" for r in scan["rows"]]
     assert table["rows"][0][table["columns"].index("lambda_CC")] == best[col["lambda_CC"]]
     assert "chosen per row from [0.01, 0.3] on 10 validation images" in record["protocol"]
+    # the scan's net accuracy: the stored test accuracy of the net trained without the held-out images
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp / "cache"))
+    spec = DistillConfig(dataset="digits", featnet_epochs=1, featnet_per_class=20).featnet_spec()
+    held_out = float(pretrained(load_dataset("digits").validation_split(10), spec)["accuracy"])
+    assert [percent(r[col["net accuracy"]]) for r in scan["rows"]] == pytest.approx([100 * held_out] * 2, abs=0.006)

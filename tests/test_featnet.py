@@ -135,19 +135,24 @@ def test_recorded_accuracy_is_the_nets_test_accuracy_and_the_pool_prints_it(digi
 
 
 def test_a_pool_pretrained_on_two_processes_equals_the_pool_trained_in_one(digits, tmp_path):
-    spec = recipe("paper", arch="mlp", epochs=1)
-    flags = ["--dataset", "digits", "--recipe", "paper", "--arch", "mlp", "--epochs", "1", "--pool", "3",
+    """Two recipes' pools in one command, their nets dealt over 2 processes: each net equals the one trained here
+    in one process, and the table names each net's recipe, epochs, seed, accuracy and seconds per epoch."""
+    specs = {"paper": recipe("paper", arch="mlp", epochs=1), "convnet": recipe("convnet", arch="mlp", epochs=2)}
+    flags = ["--dataset", "digits", "--recipe", "paper:1", "convnet:2", "--arch", "mlp", "--pool", "3",
              "--results-dir", tmp_path / "results"]
     job = torchrun([REPO / "benchmarks" / "featnets.py", *flags], job_env(tmp_path / "cache", tmp_path), tmp_path)
     assert job.returncode == 0, job.stderr[-2000:]
-    here = FeatNetPool(digits, spec, 3)  # in this process, into this test's own cache
     theirs = DiskCache("featnet", tmp_path / "cache")
-    for member, net, acc in zip(FeatNetPool.specs(spec, 3), here.nets, here.accuracies):
-        entry = theirs.get(cache_key(digits, member))
-        assert entry is not None, f"seed {member.seed} was not cached by the job"
-        assert entry["accuracy"] == acc
-        for name, value in net.state_dict().items():
-            assert torch.equal(entry["state_dict"][name], value), (member.seed, name)
+    want = []
+    for name, spec in specs.items():
+        here = FeatNetPool(digits, spec, 3)  # in this process, into this test's own cache
+        for member, net, acc in zip(FeatNetPool.specs(spec, 3), here.nets, here.accuracies):
+            entry = theirs.get(cache_key(digits, member))
+            assert entry is not None, f"{name} seed {member.seed} was not cached by the job"
+            assert entry["accuracy"] == acc
+            for key, value in net.state_dict().items():
+                assert torch.equal(entry["state_dict"][key], value), (name, member.seed, key)
+            want.append([name, str(spec.epochs), "full", str(member.seed), f"{100 * acc:.2f} %",
+                         f"{entry['seconds']:.0f}", f"{entry['seconds'] / spec.epochs:.0f}"])
     table = json.loads((tmp_path / "results" / "featnets.json").read_text())["tables"][0]
-    assert [row[:3] for row in table["rows"]] == [["full", str(s), f"{100 * a:.2f} %"]
-                                                  for s, a in enumerate(here.accuracies)]
+    assert table["rows"] == want
