@@ -12,8 +12,10 @@ the drawn feature net instead, without CC: the control, whose gain is a trained 
 evaluation nets. ``--lambda-cc`` with several values chooses lambda_CC per row on ``--validation`` held-out training
 images per class (CC alone on DM, as ablation.py chooses it; the feature nets of those cells are trained without
 the held-out images); with one value it is used as given. Every cell is cached (distill_lib.sweep), so the table
-grows over several runs; the figure (``--figure``) plots CC's gain and the control's against the feature net's
-accuracy, with the pool size as the marker (distill_lib.course.plot_cc_gain, which notebook 04 also uses).
+grows over several runs; a row too long to measure with the others in one session is a run of its own, kept beside
+them with ``--results-tag`` (results/cc_gain.<TAG>.json). The figure (``--figure``) plots CC's gain and the control's
+against the feature net's accuracy, with the pool size as the marker, for the rows of every run in the results folder
+at this run's budget (distill_lib.course.plot_cc_gain and measured_runs, which notebook 04 also uses).
 """
 from __future__ import annotations
 
@@ -158,11 +160,13 @@ def main() -> None:
                 say(f"| {dataset} | {ipc} | {describe_featnet(setting)} | {setting['featnet_pool']} | {accuracy} | "
                     f"{v:g} | {result} | {'yes' if v == value else ''} |")
     path = write_results("cc_gain", args, budget)
-    if args.figure and path is not None:
-        figure = course.plot_cc_gain(course.measured_from_json("cc_gain", path).tables[0])
+    if args.figure and path is not None:  # this run's rows and those of the runs kept beside it at the same budget
+        runs = [run for run in course.measured_runs("cc_gain", path.parent)
+                if run.budget == course.measured_from_json("cc_gain", path).budget]
+        figure = course.plot_cc_gain(course.joined([run.tables[0] for run in runs]))
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(args.figure, dpi=120)
-        say(f"Figure: {args.figure}")
+        say(f"Figure: {args.figure} (the rows of {len(runs)} run(s))")
 
 
 if __name__ == "__main__":

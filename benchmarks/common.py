@@ -36,6 +36,9 @@ def parser(doc: str, datasets: list[str], ipcs: list[int], seeds: int) -> argpar
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--results-dir", type=Path, default=Path(os.environ.get("DISTILL_RESULTS", REPO / "results")),
                    help="where results/<benchmark>.json and .md are written (default $DISTILL_RESULTS or results/)")
+    p.add_argument("--results-tag", default="",
+                   help="write results/<benchmark>.<TAG>.json and .md instead: a run kept beside the benchmark's "
+                        "other runs (e.g. one row of cc_gain's table, too long to measure with the others at once)")
     return p
 
 
@@ -153,7 +156,8 @@ def command(name: str, argv: list[str]) -> str:
 
 def write_results(name: str, args: argparse.Namespace, protocol: str | None = None,
                   argv: list[str] | None = None, script: str | None = None) -> Path | None:
-    """Write results/<name>.json and .md (in ``args.results_dir``) from the tables printed so far. ``protocol`` is
+    """Write results/<name>.json and .md (in ``args.results_dir``; <name>.<tag> with ``args.results_tag``, the
+    run kept beside the benchmark's others: course.measured_runs) from the tables printed so far. ``protocol`` is
     the budget line the benchmark printed; without it, the lines printed before the first table. ``argv``: the
     arguments main() parsed (default sys.argv[1:]); ``script``: the benchmark that ran, when it is not <name>.py.
     Rank 0 only; returns the .json path (None on other ranks)."""
@@ -173,7 +177,8 @@ def write_results(name: str, args: argparse.Namespace, protocol: str | None = No
               "protocol": protocol.strip(), "tables": tables, "notes": notes}
     folder = Path(args.results_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.json"
+    tag = getattr(args, "results_tag", "")
+    path = folder / f"{name}.{tag}.json" if tag else folder / f"{name}.json"
     path.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     path.with_suffix(".md").write_text(render(record), encoding="utf-8")
     print(f"\nResults: {path} and {path.with_suffix('.md').name}", file=sys.stderr)

@@ -316,6 +316,26 @@ def measured(benchmark: str, section: str | None = None, repo: Path | None = Non
     return measured_from_doc(benchmark, repo / RESULTS_DOC, section)
 
 
+def measured_runs(benchmark: str, folder: Path | None = None) -> list[Measured]:
+    """Every results file of benchmarks/<benchmark>.py in ``folder`` (default the repository's results/):
+    <benchmark>.json and the runs kept beside it with ``--results-tag`` (<benchmark>.<tag>.json), in name order.
+    Empty when none was written."""
+    folder = Path(folder) if folder is not None else find_repo() / "results"
+    paths = sorted({*folder.glob(f"{benchmark}.json"), *folder.glob(f"{benchmark}.*.json")})
+    return [measured_from_json(benchmark, path) for path in paths]
+
+
+def joined(tables: list[dict], title: str = "") -> dict:
+    """The rows of several tables with the same columns (e.g. one table per run) as one table."""
+    if not tables:
+        raise ValueError("no tables to join")
+    columns = tables[0]["columns"]
+    for table in tables[1:]:
+        if table["columns"] != columns:
+            raise ValueError(f"cannot join tables with different columns: {columns} and {table['columns']}")
+    return {"title": title, "columns": columns, "rows": [row for table in tables for row in table["rows"]]}
+
+
 def measured_from_json(benchmark: str, path: Path) -> Measured:
     """A results file as benchmarks/common.py writes it: tables, protocol, command, date, commit."""
     record = json.loads(path.read_text(encoding="utf-8"))

@@ -147,3 +147,29 @@ def test_several_lambdas_are_chosen_on_validation_and_the_scan_is_a_table(run, m
     spec = DistillConfig(dataset="digits", featnet_epochs=1, featnet_per_class=20).featnet_spec()
     held_out = float(pretrained(load_dataset("digits").validation_split(10), spec)["accuracy"])
     assert [percent(r[col["net accuracy"]]) for r in scan["rows"]] == pytest.approx([100 * held_out] * 2, abs=0.006)
+
+
+def test_a_row_kept_as_a_run_of_its_own_joins_the_others_in_the_figure(run, tmp_path):
+    """--results-tag writes results/cc_gain.<TAG>.json beside the untagged run, which it leaves alone; the figure
+    (and course.measured_runs) take the rows of every run at the same budget."""
+    _, _, record, env, argv = run
+    kept = tmp_path / "results"
+    kept.mkdir()
+    (kept / "cc_gain.json").write_text(json.dumps(record), encoding="utf-8")
+    argv = [a for a in argv if a != "default:1:1"]  # one row, cached by the full run
+    job = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cc_gain.py"), *argv, "--results-tag", "pool2",
+                          "--results-dir", str(kept), "--figure", str(tmp_path / "joined.png")],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert "[cell]" not in job.stderr
+    assert json.loads((kept / "cc_gain.json").read_text(encoding="utf-8")) == record
+    tagged = json.loads((kept / "cc_gain.pool2.json").read_text(encoding="utf-8"))
+    assert "--results-tag pool2" in tagged["command"] and (kept / "cc_gain.pool2.md").exists()
+    assert tagged["tables"][0]["rows"] == record["tables"][0]["rows"][1:]
+    assert "(the rows of 2 run(s))" in job.stdout + job.stderr
+    runs = course.measured_runs("cc_gain", kept)
+    assert [run.source for run in runs] == ["`results/cc_gain.json`", "`results/cc_gain.pool2.json`"]
+    joined = course.joined([run.tables[0] for run in runs])
+    assert joined["rows"] == record["tables"][0]["rows"] + tagged["tables"][0]["rows"]
+    with pytest.raises(ValueError, match="different columns"):
+        course.joined([joined, {"columns": ["other"], "rows": []}])
