@@ -74,8 +74,9 @@ def featnet_flags(p: argparse.ArgumentParser) -> None:
 def featnet_settings(args: argparse.Namespace) -> dict:
     """The DistillConfig fields that :func:`featnet_flags` set."""
     shape = (dict(featnet_arch=args.featnet_arch, featnet_per_class=args.featnet_per_class)
-             if args.featnet_recipe == "default" else dict(featnet_recipe=args.featnet_recipe))
-    return dict(featnet_epochs=args.featnet_epochs, featnet_pool=args.featnet_pool, **shape)
+             if args.featnet_recipe == "default" else {})
+    return dict(featnet_recipe=args.featnet_recipe, featnet_epochs=args.featnet_epochs,
+                featnet_pool=args.featnet_pool, **shape)
 
 
 def budget_line(args: argparse.Namespace, protocol: EvalProtocol, chosen: str) -> str:

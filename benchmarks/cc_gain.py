@@ -44,12 +44,12 @@ def featnet_setting(text: str, per_class: int) -> dict:
         raise argparse.ArgumentTypeError(f"expected RECIPE:EPOCHS:POOL (e.g. convnet:6:4), got {text!r}") from None
     if name not in RECIPES:
         raise argparse.ArgumentTypeError(f"unknown recipe {name!r}; expected one of {tuple(RECIPES)}")
-    shape = dict(featnet_per_class=per_class) if name == "default" else dict(featnet_recipe=name)
-    return dict(featnet_epochs=epochs, featnet_pool=pool, **shape)
+    shape = dict(featnet_per_class=per_class) if name == "default" else {}
+    return dict(featnet_recipe=name, featnet_epochs=epochs, featnet_pool=pool, **shape)
 
 
 def describe_featnet(setting: dict) -> str:
-    recipe = setting.get("featnet_recipe", "default")
+    recipe = setting["featnet_recipe"]
     where = f" on {setting['featnet_per_class']}/class" if recipe == "default" else ""
     return f"{recipe}{where}, {setting['featnet_epochs']} ep"
 

@@ -34,7 +34,7 @@ LABELS = {"random": "random", "herding": "herding", "dm": "DM", "dm_cc_cm": "DM+
 def builders(names: list[str], dataset: str, ipc: int, args) -> list[Builder]:
     """The memory builders at this budget; only DM+CC+CM carries the CC feature-net and lambda settings."""
     dm = DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real)
-    both = replace(dm, featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
+    both = replace(dm, featnet_recipe="default", featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
                    featnet_per_class=args.featnet_per_class, lambda_cc=args.lambda_cc, lambda_cm=args.lambda_cm)
     made = {"random": Builder("random"), "herding": Builder("herding", feature_model=args.herding_model),
             "dm": Builder("dm", dm_config=dm), "dm_cc_cm": Builder("dm_cc_cm", dm_config=both)}
@@ -78,7 +78,8 @@ def main() -> None:
     p.add_argument("--featnet-arch", default="convnet", help="CC's feature net (DM+CC+CM)")
     p.add_argument("--featnet-epochs", type=int, default=2)
     p.add_argument("--featnet-per-class", type=int, default=500, help="training images per class for the feature net")
-    p.add_argument("--lambda-cc", type=float, default=DistillConfig().resolved().lambda_cc)
+    p.add_argument("--lambda-cc", type=float, default=0.05,
+                   help="the CVPR 2024 authors' weight for DM, which this benchmark's feature net was run with")
     p.add_argument("--lambda-cm", type=float, default=DistillConfig().resolved().lambda_cm)
     p.add_argument("--figure", default=str(REPO / "figures" / "continual_curves.png"), help="'' for none")
     shared = {"seeds": "class orders (scenario seeds)", "models": "learner networks per class order",

@@ -75,7 +75,7 @@ def main() -> None:
               f"so the images are DM's (tests/test_distill.py::test_ipc1_with_cc_and_cm_warns_and_cc_is_zero).")
     say(budget + "\n")
     bases = [DistillConfig(dataset=dataset, ipc=ipc, iterations=args.iterations, batch_real=args.batch_real,
-                           featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
+                           featnet_recipe="default", featnet_arch=args.featnet_arch, featnet_epochs=args.featnet_epochs,
                            featnet_per_class=args.featnet_per_class,
                            queue=QueueSpec(train_steps=args.queue_train_steps, batch=args.queue_batch,
                                            push_interval=args.queue_push_interval))

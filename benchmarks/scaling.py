@@ -69,7 +69,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     data = benchmark_data(args.dataset, args.data, args.train_per_class)
     config = DistillConfig(dataset=args.dataset, ipc=args.ipc, batch_real=args.batch_real, net_width=args.net_width,
-                           featnet_arch=args.cc_featnet_arch, **METHODS[args.method])
+                           featnet_recipe="default", featnet_arch=args.cc_featnet_arch, **METHODS[args.method])
     run = timing_distiller(config, data, RunOptions(device=args.device))
     if run.featnets is not None:
         run.featnets.nets = [net.to(run.device) for net in run.featnets.nets]

@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
             for method in args.methods:
                 for ipc in args.ipcs:
                     config = DistillConfig(dataset=name, ipc=ipc, batch_real=args.batch_real, net_width=args.net_width,
-                                           featnet_arch=args.cc_featnet_arch, **METHODS[method])
+                                           featnet_recipe="default", featnet_arch=args.cc_featnet_arch,
+                                           **METHODS[method])
                     lib, ref, warm_up, compiled = time_distill(config, data, args.reps)
                     flops = sum(distill_flops(config, data, min(args.batch_real, data.class_count(0)),
                                               args.cc_featnet_arch).values())

@@ -31,7 +31,7 @@ torch.set_num_threads(1)
 TINY = dict(dataset="digits", ipc=3, iterations=6, batch_real=8, net_width=8)
 CPU = RunOptions(device="cpu")
 EVERY_2 = RunOptions(device="cpu", checkpoint_every=2)  # a checkpoint every 2 iterations
-FEATNET = dict(featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+FEATNET = dict(featnet_recipe="default", featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
 # IDM+CC+CM with a short queue that pushes, trains and is drawn from within 4 iterations.
 IDM = dict(method="idm", cc=True, cm=True, queue=QueueSpec(length=3, push_interval=2, train_nets=1, train_steps=1,
                                                             batch=16))

@@ -144,7 +144,8 @@ def test_several_lambdas_are_chosen_on_validation_and_the_scan_is_a_table(run, m
     assert "chosen per row from [0.01, 0.3] on 10 validation images" in record["protocol"]
     # the scan's net accuracy: the stored test accuracy of the net trained without the held-out images
     monkeypatch.setenv("DISTILL_CACHE", str(tmp / "cache"))
-    spec = DistillConfig(dataset="digits", featnet_epochs=1, featnet_per_class=20).featnet_spec()
+    spec = DistillConfig(dataset="digits", featnet_recipe="default", featnet_epochs=1,
+                         featnet_per_class=20).featnet_spec()
     held_out = float(pretrained(load_dataset("digits").validation_split(10), spec)["accuracy"])
     assert [percent(r[col["net accuracy"]]) for r in scan["rows"]] == pytest.approx([100 * held_out] * 2, abs=0.006)
 

@@ -303,7 +303,8 @@ def test_first_look_defaults_fit_the_embedded_data(capsys):
 
 def test_feature_net_pretraining_says_its_cost_first_and_counts_batches(capsys, _isolated):
     code, _, err = run_main(["distill", *[a for a in TINY_DISTILL if a != "--no-progress"], "--iterations", "1",
-                             "--cc", "--featnet-epochs", "2", "--featnet-per-class", "5", "--out", "x.pt"], capsys)
+                             "--cc", "--featnet-recipe", "default", "--featnet-epochs", "2", "--featnet-per-class", "5",
+                             "--out", "x.pt"], capsys)
     assert code == 0
     assert "pretraining a resnet18 feature net (seed 0) on 50 images for 2 epochs (2 batches of 128)" in err
     assert "featnet resnet18: 100%|██████████| 2/2" in err  # the bar counts batches, not epochs

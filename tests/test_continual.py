@@ -19,8 +19,8 @@ from distill_lib.options import RunOptions
 from distill_lib.runner import distill, save_checkpoint
 from distill_lib.train import TrainSpec, predict
 
-TINY_DM = DistillConfig(iterations=2, batch_real=8, net_width=8, featnet_arch="convnet", featnet_epochs=1,
-                        featnet_per_class=20)
+TINY_DM = DistillConfig(iterations=2, batch_real=8, net_width=8, featnet_recipe="default", featnet_arch="convnet",
+                        featnet_epochs=1, featnet_per_class=20)
 CPU = RunOptions(device="cpu")
 BUILDER = {"random": Builder("random"), "herding": Builder("herding", feature_model="mlp"),
            "dm": Builder("dm", dm_config=TINY_DM, dm_options=CPU),

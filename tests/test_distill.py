@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from distill_lib import losses, reference, seeding
-from distill_lib.cache import canonical
+from distill_lib.cache import canonical, config_key
 from distill_lib.distill import DistillConfig, Distiller, config_from_dict
 from distill_lib.herding import herding
 from distill_lib.models import get_model
@@ -25,7 +25,7 @@ from distill_lib.train import compile_available
 TINY = dict(dataset="digits", ipc=3, iterations=4, batch_real=8, net_width=8)
 CPU = RunOptions(device="cpu")
 EVERY_2 = RunOptions(device="cpu", checkpoint_every=2)  # a checkpoint every 2 iterations
-FEATNET = dict(featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+FEATNET = dict(featnet_recipe="default", featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
 
 
 def tiny(**overrides) -> DistillConfig:
@@ -102,6 +102,25 @@ def test_match_net_names_the_control_and_keeps_dm_keys():
     assert tiny(match_net="featnet", **FEATNET).identity()["match_net"] == "featnet"
     assert tiny(match_net="featnet", cm=True, **FEATNET).label() == "DM(featnet)+CM"
     assert tiny(match_net="featnet").uses_featnets and tiny(cc=True).uses_featnets and not tiny(cm=True).uses_featnets
+
+
+def test_settings_a_run_does_not_read_never_split_its_key():
+    """CC's settings without CC, the feature nets' without any and lambda_cm without CM key at fixed values: a DM run
+    keeps the key it had before CC's default moved to the 'convnet' recipe (sha256 prefixes computed then), and a
+    setting left over from another run shares its entry; a run that reads them is keyed by them."""
+    assert config_key(DistillConfig().identity()) == "76ffe8b3c1a30ffbe4313a81"
+    assert config_key(DistillConfig(method="idm").identity()) == "9d5501f6709be99170038fff"
+    cifar_cm = DistillConfig(dataset="cifar10", ipc=10, iterations=600, batch_real=256, cm=True)
+    assert config_key(cifar_cm.identity()) == "26d6152081095cb9afb0b5b0"
+    leftovers = dict(lambda_cc=0.3, cc_form="paper", cc_alpha=2.0, cc_beta=3.0, featnet_recipe="paper",
+                     featnet_epochs=9, featnet_pool=4)
+    assert DistillConfig(**leftovers, lambda_cm=0.5).identity() == DistillConfig().identity()
+    assert DistillConfig(**leftovers, cm=True).identity() == DistillConfig(cm=True).identity()
+    cc = DistillConfig(cc=True).identity()  # the library's CC default, in its key
+    assert (cc["featnet_recipe"], cc["featnet_epochs"], cc["lambda_cc"]) == ("convnet", 6, 0.001)
+    assert DistillConfig(cc=True, lambda_cc=0.3).identity()["lambda_cc"] == 0.3
+    control = DistillConfig(match_net="featnet", featnet_epochs=9, lambda_cc=0.3).identity()  # nets read, CC not
+    assert (control["featnet_epochs"], control["lambda_cc"]) == (9, 0.05)
 
 
 @pytest.mark.skipif(not compile_available(), reason="torch.compile needs a C++ compiler")

@@ -89,14 +89,17 @@ def test_paper_recipe_is_the_authors_resnet18():
 
 
 def test_the_original_spec_keeps_its_cache_key(digits):
-    """Nets cached before the recipes existed are found again: the key of the default spec is the old dict."""
+    """Nets cached before the recipes existed are found again: the key of the original spec is the old dict (in a
+    distillation: the 'default' recipe at 2 epochs, the library's CC default until it moved to 'convnet')."""
     old = {"data": "digits", "source": digits.source, "n_train": len(digits.x_train), "arch": "resnet18",
            "epochs": 2, "per_class": None, "batch_size": 128, "lr": 0.01, "seed": 0}
     assert cache_key(digits, FeatNetSpec()) == cache_key(digits, recipe("default")) == old
-    assert cache_key(digits, DistillConfig(cc=True).featnet_spec()) == old
+    original = DistillConfig(cc=True, featnet_recipe="default", featnet_epochs=2)
+    assert cache_key(digits, original.featnet_spec()) == old
     paper = cache_key(digits, recipe("paper"))
     assert (paper["schedule"], paper["dsa_strategy"], paper["epochs"]) == ("constant", "none", 40)
-    assert "featnet_recipe" not in DistillConfig(cc=True).identity()
+    assert "featnet_recipe" not in original.identity()
+    assert DistillConfig(cc=True).identity()["featnet_recipe"] == "convnet"
     assert DistillConfig(cc=True, featnet_recipe="paper").identity()["featnet_recipe"] == "paper"
 
 

@@ -36,7 +36,7 @@ evaluate_module = importlib.import_module("distill_lib.evaluate")
 TINY = dict(dataset="digits", method="idm", ipc=2, iterations=4, batch_real=8, net_width=8,
             queue=QueueSpec(length=4, push_interval=2, train_nets=2, train_steps=2, batch=32))
 CPU = RunOptions(device="cpu")
-FEATNET = dict(featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+FEATNET = dict(featnet_recipe="default", featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
 
 
 def tiny(**overrides) -> DistillConfig:
@@ -354,7 +354,7 @@ def test_ipc1_idm_has_live_cc_and_cm_while_dm_warns_and_is_inert(digits):
 
 def test_method_defaults_and_overrides():
     dm, idm = DistillConfig().resolved(), DistillConfig(method="idm").resolved()
-    assert (dm.lr_img, dm.factor, dm.lambda_cc, dm.lambda_cm) == (1.0, 1, 0.05, 0.01)
+    assert (dm.lr_img, dm.factor, dm.lambda_cc, dm.lambda_cm) == (1.0, 1, 0.001, 0.01)
     assert (idm.lr_img, idm.factor, idm.lambda_cc, idm.lambda_cm) == (0.2, 2, 0.01, 0.03)
     assert idm.cc_form == "simplified"
     mine = DistillConfig(method="idm", factor=4, lambda_cc=0.5, lr_img=0.7).resolved()

@@ -17,8 +17,8 @@ from distill_lib.distill import DistillConfig, Distiller  # noqa: E402
 from distill_lib.models import get_model  # noqa: E402
 from distill_lib.options import RunOptions  # noqa: E402
 
-TINY = dict(dataset="digits", ipc=3, batch_real=16, net_width=16, featnet_arch="convnet", featnet_epochs=1,
-            featnet_per_class=20)
+TINY = dict(dataset="digits", ipc=3, batch_real=16, net_width=16, featnet_recipe="default", featnet_arch="convnet",
+            featnet_epochs=1, featnet_per_class=20)
 CPU = RunOptions(device="cpu")
 
 

@@ -240,7 +240,8 @@ def test_choose_takes_the_best_candidate_on_validation_of_each_set(calls, monkey
 
 
 def test_featnets_needed_once_per_data_split_spec_and_pool_seed():
-    cc = replace(BASE, cc=True, featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+    cc = replace(BASE, cc=True, featnet_recipe="default", featnet_arch="convnet", featnet_epochs=1,
+                 featnet_per_class=20)
     cells = [Cell(replace(cc, lambda_cc=0.1), PROTOCOL), Cell(replace(cc, lambda_cc=0.2, cm=True), PROTOCOL),
              Cell(replace(cc, seed=1), PROTOCOL), Cell(cc, PROTOCOL, validation=5),
              Cell(replace(cc, featnet_pool=2), PROTOCOL),  # seeds 0 (already listed) and 1 (listed too)
@@ -254,7 +255,8 @@ def test_featnets_needed_once_per_data_split_spec_and_pool_seed():
 
 
 def test_sweep_pretrains_each_feature_net_once_before_the_cells(calls, monkeypatch):
-    cc = replace(BASE, cc=True, featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+    cc = replace(BASE, cc=True, featnet_recipe="default", featnet_arch="convnet", featnet_epochs=1,
+                 featnet_per_class=20)
     order = []
     real_pretrain, real_run_cell = sweep.pretrain, sweep.run_cell
 
@@ -277,7 +279,7 @@ def test_sweep_pretrains_each_feature_net_once_before_the_cells(calls, monkeypat
 
 
 def test_cell_metrics_in_the_cells_own_feature_net(digits):
-    config = replace(BASE, featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+    config = replace(BASE, featnet_recipe="default", featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
     cell = Cell(config, PROTOCOL, validation=5)
     got = sweep.cell_metrics(cell, real_per_class=3)
     split = cell_data(cell)
@@ -289,7 +291,7 @@ def test_cell_metrics_in_the_cells_own_feature_net(digits):
 
 
 def test_cell_metrics_are_cached_per_set_feature_net_and_query_count(digits, monkeypatch):
-    config = replace(BASE, featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+    config = replace(BASE, featnet_recipe="default", featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
     calls = []
     monkeypatch.setattr(sweep, "set_metrics", lambda *args: calls.append(args[3]) or {"spread_ratio": len(calls)})
     first = sweep.cell_metrics(Cell(config, PROTOCOL, validation=5), real_per_class=3)
@@ -313,9 +315,12 @@ def test_describe_names_factor_lr_img_ce_weight_lambdas_batch_real_and_init_only
         "digits ipc2 IDM (factor 1) (lr_img 1) (ce_weight 0) 200 it seed0 (test)"
     assert label(batch_real=64, init="herding", lr_half_life=200) == \
         "digits ipc2 DM (lr half-life 200) (batch_real 64) (init herding) 200 it seed0 (test)"
-    assert label(cc=True, cm=True, lambda_cc=0.003) == "digits ipc2 DM+CC+CM (lambda_cc 0.003) 200 it seed0 (test)"
+    assert label(cc=True, cm=True, lambda_cc=0.003, featnet_recipe="default") == \
+        "digits ipc2 DM+CC+CM (lambda_cc 0.003) 200 it seed0 (test)"
+    assert label(cc=True) == "digits ipc2 DM+CC (feature nets convnet 6 ep x 1) 200 it seed0 (test)"
     assert label(method="idm", cm=True, lambda_cm=0.01) == "digits ipc2 IDM+CM (lambda_cm 0.01) 200 it seed0 (test)"
     plain = (label(method="idm") + label(method="idm", factor=2, lr_img=0.2) + label(method="dm", lr_img=1.0) +
-             label(batch_real=256, init="real") + label(cc=True, cm=True, lambda_cc=0.05, lambda_cm=0.01) +
+             label(batch_real=256, init="real") +
+             label(cc=True, cm=True, lambda_cc=0.001, lambda_cm=0.01, featnet_recipe="default") +
              label(lambda_cc=0.003, lambda_cm=0.5))
     assert "(" not in plain.replace("(test)", "")

@@ -12,7 +12,7 @@ from distill_lib.evaluate import EvalProtocol
 from distill_lib.widgets import SLIDERS, Explorer, Panel, explore
 
 BASE = DistillConfig(dataset="digits", ipc=2, iterations=2, batch_real=8, net_width=8,
-                     featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
+                     featnet_recipe="default", featnet_arch="convnet", featnet_epochs=1, featnet_per_class=20)
 EXPLORER = Explorer(BASE, EvalProtocol(epochs=1, num_models=1, device="cpu"), real_per_class=3)
 VALUES = {"beta": 2.0, "alpha": 0.01, "lambda_cc": 0.1, "lambda_cm": 0.01, "ipc": 2, "iterations": 2}
 
