@@ -20,6 +20,7 @@ at this run's budget (distill_lib.course.plot_cc_gain and measured_runs, which n
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 from dataclasses import replace
@@ -62,6 +63,12 @@ def pool_accuracy(config: DistillConfig, seeds: int, validation: int = 0, root=N
     specs = dict.fromkeys(spec for s in range(seeds)
                           for spec in FeatNetPool.specs(replace(config, seed=s).featnet_spec(), config.featnet_pool))
     return statistics.fmean(float(pretrained(data, spec)["accuracy"]) for spec in specs)
+
+
+def same_budget(budget: str) -> str:
+    """A run's budget line without its lambda_CC candidates: rows whose scans differ are still at one budget (each
+    row names the lambda_CC it chose), so the figure joins them."""
+    return re.sub(r"lambda_CC chosen per row from \[[^\]]*\]", "lambda_CC chosen per row", budget)
 
 
 def cell_seconds(cells: list[Cell]) -> str:
@@ -161,8 +168,8 @@ def main() -> None:
                     f"{v:g} | {result} | {'yes' if v == value else ''} |")
     path = write_results("cc_gain", args, budget)
     if args.figure and path is not None:  # this run's rows and those of the runs kept beside it at the same budget
-        runs = [run for run in course.measured_runs("cc_gain", path.parent)
-                if run.budget == course.measured_from_json("cc_gain", path).budget]
+        mine = same_budget(course.measured_from_json("cc_gain", path).budget)
+        runs = [run for run in course.measured_runs("cc_gain", path.parent) if same_budget(run.budget) == mine]
         figure = course.plot_cc_gain(course.joined([run.tables[0] for run in runs]))
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(args.figure, dpi=120)

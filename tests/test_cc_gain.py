@@ -174,3 +174,12 @@ def test_a_row_kept_as_a_run_of_its_own_joins_the_others_in_the_figure(run, tmp_
     assert joined["rows"] == record["tables"][0]["rows"] + tagged["tables"][0]["rows"]
     with pytest.raises(ValueError, match="different columns"):
         course.joined([joined, {"columns": ["other"], "rows": []}])
+
+
+def test_runs_whose_lambda_scans_differ_are_at_one_budget():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import cc_gain
+    line = ("Budget: 600 iterations; lambda_CC chosen per row from [0.0003, 0.001, 0.003, 0.01] on 500 validation "
+            "images per class; lambda_CM 0.01; evaluation convnet, 1000 epochs")
+    assert cc_gain.same_budget(line) == cc_gain.same_budget(line.replace("0.001, 0.003, 0.01", "0.001"))
+    assert cc_gain.same_budget(line) != cc_gain.same_budget(line.replace("1000 epochs", "300 epochs"))
