@@ -71,11 +71,13 @@ def same_budget(budget: str) -> str:
     return re.sub(r"lambda_CC chosen per row from \[[^\]]*\]", "lambda_CC chosen per row", budget)
 
 
-def cell_seconds(cells: list[Cell]) -> str:
-    """Seconds to distil the cells' sets, from their cached histories (mean over the cells, e.g. seeds)."""
-    cache = DiskCache("sweep")
-    made = [sum(r["seconds"] for r in cache.get(cell.key())["history"]) for cell in cells]
-    return f"{statistics.fmean(made):.0f}"
+def cell_seconds(cells: list[Cell]) -> tuple[str, str]:
+    """Seconds to distil the cells' sets, from their cached histories (mean over the cells, e.g. seeds), and the
+    machine(s) the cells ran on ("not recorded" for cells made before cells kept it)."""
+    entries = [DiskCache("sweep").get(cell.key()) for cell in cells]
+    made = [sum(r["seconds"] for r in entry["history"]) for entry in entries]
+    machines = dict.fromkeys(entry.get("machine", "not recorded") for entry in entries)
+    return f"{statistics.fmean(made):.0f}", "; ".join(machines)
 
 
 def main() -> None:
@@ -152,10 +154,10 @@ def main() -> None:
             seconds.setdefault((dataset, ipc, name if name in ("DM", "+CM") else
                                 f"{name}, {describe_featnet(setting)}, pool {base.featnet_pool}"), those)
     say("\n## Seconds to distil one set (mean over seeds, from the cells' histories)\n")
-    say("| dataset | IPC | cell | seconds |")
-    say("|---|---|---|---|")
+    say("| dataset | IPC | cell | seconds | machine |")
+    say("|---|---|---|---|---|")
     for (dataset, ipc, what), those in seconds.items():
-        say(f"| {dataset} | {ipc} | {what} | {cell_seconds(those)} |")
+        say(f"| {dataset} | {ipc} | {what} | " + " | ".join(cell_seconds(those)) + " |")
     if picks:
         say(f"\n## Validation scan of lambda_CC (CC alone on DM, seed 0; {args.validation} held-out training images "
             f"per class; the feature nets trained without them, their test accuracy as net accuracy)\n")

@@ -173,7 +173,8 @@ def write_results(name: str, args: argparse.Namespace, protocol: str | None = No
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit, "dirty": dirty,
               "environment": {"python": platform.python_version(), "torch": torch.__version__,
                               "cpus": os.cpu_count(), "processes": distributed.world_size(),
-                              "threads": torch.get_num_threads()},
+                              "threads": torch.get_num_threads(),
+                              "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
               "protocol": protocol.strip(), "tables": tables, "notes": notes}
     folder = Path(args.results_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -188,8 +189,10 @@ def write_results(name: str, args: argparse.Namespace, protocol: str | None = No
 def render(record: dict) -> str:
     """A results record as markdown: command, date, commit, protocol, then each table under its title."""
     state = course.commit_text(record["commit"], record["dirty"])
+    gpu = record.get("environment", {}).get("gpu")
     out = [f"# {record['benchmark']}", "", f"Command: `{record['command']}`", "",
-           f"Measured {record['date']} at commit {state}.", "", f"Protocol: {record['protocol']}", ""]
+           f"Measured {record['date']} at commit {state}{f', on an {gpu}' if gpu else ''}.", "",
+           f"Protocol: {record['protocol']}", ""]
     for table in record["tables"]:
         if table["title"]:
             out += [f"## {table['title']}", ""]

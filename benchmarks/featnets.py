@@ -47,7 +47,8 @@ def pool_rows(datas: dict[str, RealData], specs: list[FeatNetSpec], size: int) -
     def compute(i: int) -> dict:
         name, member = todo[i]
         entry = pretrained(datas[name], member, progress)
-        return {"accuracy": float(entry["accuracy"]), "seconds": entry.get("seconds")}
+        return {"accuracy": float(entry["accuracy"]), "seconds": entry.get("seconds"),
+                "machine": entry.get("machine", "not recorded")}
 
     return [(name, member, record) for (name, member), record in zip(todo, distributed.spread(len(todo), compute))]
 
@@ -137,13 +138,13 @@ def main() -> None:
         say(f"- {describe(name, spec)}")
     say("", flush=True)
     rows = pool_rows(datas, list(specs), args.pool)
-    say("| recipe | epochs | trained on | seed | accuracy (test split) | training seconds | s / epoch |")
-    say("|---|---|---|---|---|---|---|")
+    say("| recipe | epochs | trained on | seed | accuracy (test split) | training seconds | s / epoch | machine |")
+    say("|---|---|---|---|---|---|---|---|")
     for split, member, record in rows:
         seconds, per_epoch = (("-", "-") if record["seconds"] is None else
                               (f"{record['seconds']:.0f}", f"{record['seconds'] / member.epochs:.0f}"))
         say(f"| {specs[replace(member, seed=args.seed)]} | {member.epochs} | {split} | {member.seed} | "
-            f"{100 * record['accuracy']:.2f} % | {seconds} | {per_epoch} |")
+            f"{100 * record['accuracy']:.2f} % | {seconds} | {per_epoch} | {record['machine']} |")
     write_results("featnets", args)
 
 

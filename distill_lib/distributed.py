@@ -1,7 +1,8 @@
 """Scaling out with torch.distributed: the one place that knows about ranks, process groups and collectives.
 
 A run launched by ``torchrun`` (which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) joins one process group
-(gloo on CPU, NCCL on GPUs, one GPU per process); anything else runs as a single process and every helper here is
+(gloo on CPU, NCCL on GPUs with one GPU per process; with more processes than GPUs the processes share the GPUs and
+the group is gloo, which carries tensors through the CPU); anything else runs as a single process and every helper here is
 then the identity, so library code calls them unconditionally.
 
 What is split, and why it gives the single-process result:
@@ -82,11 +83,21 @@ def setup(device: torch.device | str = "cpu") -> None:
     # exception", exit -6, after all work is done). Imported before the group exists, it holds none.
     import torch._dynamo  # noqa: F401
     if torch.device(device).type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl", timeout=timeout)
-    else:
-        dist.init_process_group("gloo", timeout=timeout)
+        torch.cuda.set_device(rank_device(torch.device("cuda")))
+    dist.init_process_group(backend(device), timeout=timeout)
     atexit.register(_teardown)
+
+
+def backend(device: torch.device | str) -> str:
+    """The process group's backend: NCCL when every process on this machine has a GPU of its own, else gloo (on
+    CPU, or when processes share a GPU: NCCL refuses two ranks on one device)."""
+    if torch.device(device).type != "cuda":
+        return "gloo"
+    return "nccl" if _local_world() <= torch.cuda.device_count() else "gloo"
+
+
+def _local_world() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
 
 
 def _teardown() -> None:
@@ -124,9 +135,11 @@ def local():
 
 
 def rank_device(device: torch.device) -> torch.device:
-    """This rank's device: a CUDA device without an index becomes cuda:LOCAL_RANK under torchrun."""
+    """This rank's device: a CUDA device without an index becomes cuda:(LOCAL_RANK mod the GPUs) under torchrun, so
+    each process has a GPU of its own or, with more processes than GPUs, several share one (a sweep's cells, whose
+    small kernels leave a GPU idle between launches, then fill it together)."""
     if device.type == "cuda" and device.index is None and launched():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % max(1, torch.cuda.device_count()))
     return device
 
 
@@ -172,10 +185,15 @@ def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> l
     """Element-wise sums over ranks (float64)."""
     if not active():
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+    t = _carried(torch.tensor(values, dtype=torch.float64, device=device))
     with _collective("summing the loss terms"):
         dist.all_reduce(t)
     return t.tolist()
+
+
+def _carried(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` where the process group's backend can carry it: as it is under NCCL, a CPU copy under gloo."""
+    return tensor if dist.get_backend() == "nccl" else tensor.cpu()
 
 
 def gather_classes(local: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -185,12 +203,12 @@ def gather_classes(local: torch.Tensor, num_classes: int) -> torch.Tensor:
     world = world_size()
     rows_per_class = len(local) // len(shard_classes(num_classes))
     counts = [len(shard_classes(num_classes, r, world)) * rows_per_class for r in range(world)]
-    padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded = _carried(torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=local.device))
     padded[:len(local)] = local
     parts = [torch.empty_like(padded) for _ in range(world)]
     with _collective("gathering the synthetic images"):
         dist.all_gather(parts, padded.contiguous())
-    return torch.cat([part[:n] for part, n in zip(parts, counts)])
+    return torch.cat([part[:n] for part, n in zip(parts, counts)]).to(local.device)
 
 
 def all_gather_object(obj: Any) -> list:
@@ -233,7 +251,9 @@ def broadcast_module(module: torch.nn.Module) -> None:
         return
     with _collective("sending rank 0's network"):
         for tensor in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(tensor.data, src=0)
+            wire = _carried(tensor.data)
+            dist.broadcast(wire, src=0)
+            tensor.data.copy_(wire)
 
 
 def spread(count: int, compute: Callable[[int], Any], skip: dict[int, Any] | None = None) -> list:

@@ -24,12 +24,12 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import augment, seeding
+from . import augment, distributed, seeding
 from .cache import DiskCache
 from .data import RealData
 from .files import BadFileError, first_line
 from .models import get_model
-from .train import TrainSpec, accuracy, train_classifier
+from .train import TrainSpec, accuracy, machine, resolve_device, train_classifier
 
 # lr schedules of a feature net: the factor applied to the lr after half the epochs (TrainSpec's step decay).
 SCHEDULES = {"step": 0.1, "constant": 1.0}
@@ -125,7 +125,9 @@ def _train(data: RealData, spec: FeatNetSpec, progress: bool) -> dict:
     net = _build(data, spec)
     net.reset_parameters(seeding.generator(spec.seed, seeding.FEATNET, 0))
     train = data.subset(spec.per_class, seed=spec.seed) if spec.per_class else data
-    x, y = train.train_tensors()
+    device = distributed.rank_device(resolve_device("auto"))  # a GPU when there is one: ResNet18s are long on CPU
+    net.to(device)
+    x, y = train.train_tensors(device)
     if progress:  # the cost up front: on the full training set of a large data set this is the longest step
         batches = spec.epochs * math.ceil(len(x) / spec.batch_size)
         tqdm.write(f"pretraining a {spec.arch} feature net (seed {spec.seed}) on {len(x)} images for {spec.epochs} "
@@ -135,7 +137,8 @@ def _train(data: RealData, spec: FeatNetSpec, progress: bool) -> dict:
     train_classifier(net, x, y, spec.train_spec(), seeding.generator(spec.seed, seeding.FEATNET, 1),
                      progress=progress and f"featnet {spec.arch}")
     seconds = time.perf_counter() - start
-    return {"state_dict": net.state_dict(), "accuracy": accuracy(net, *data.test_tensors()), "seconds": seconds}
+    return {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()},
+            "accuracy": accuracy(net, *data.test_tensors(device)), "seconds": seconds, "machine": machine(device)}
 
 
 def _freeze(net: nn.Module) -> nn.Module:

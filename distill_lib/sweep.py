@@ -29,7 +29,7 @@ from .evaluate import EvalProtocol, EvalResult, evaluate, random_subset
 from .featnet import FeatNetPool, FeatNetSpec, pretrain
 from .options import RunOptions
 from .synthetic import SyntheticSet
-from .train import resolve_device
+from .train import machine, resolve_device
 
 METHODS = ("distill", "random", "init")
 # A distillation in a cell also caches its state every this many iterations: each is exactly the set of a shorter run,
@@ -165,7 +165,9 @@ def run_cell(cell: Cell, root=None, cache: DiskCache | None = None, verbose: boo
         if verbose:
             print(f"  [cell] {describe(cell)}: {result} (make {made:.0f} s, evaluate {evaluated:.0f} s)",
                   file=sys.stderr, flush=True)
-        return {"accuracies": list(result.accuracies), "history": syn.history, "evaluate_seconds": evaluated}
+        where = machine(distributed.rank_device(resolve_device(cell.options.device)))
+        return {"accuracies": list(result.accuracies), "history": syn.history, "evaluate_seconds": evaluated,
+                "machine": where}
 
     value = cache.get_or_compute(cell.key(), compute)
     return EvalResult(tuple(value["accuracies"]), asdict(cell.protocol))

@@ -133,6 +133,13 @@ def resolve_device(device: str) -> torch.device:
         raise ValueError(f"unknown device {device!r}: {err}") from None
 
 
+def machine(device: torch.device) -> str:
+    """Where work ran, in words, for the records that keep its seconds: the GPU's name, or the CPU's thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} thread(s)"
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None, compile: bool = False) -> torch.Tensor:
     """Predicted labels in eval mode, in batches.

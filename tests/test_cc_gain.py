@@ -80,6 +80,7 @@ def test_the_table_is_what_its_columns_claim(run, monkeypatch):
     assert percent(rows[1][col["net accuracy"]]) == pytest.approx(100 * sum(stored) / 2, abs=0.006)
     assert [r[2] for r in seconds["rows"]][:2] == ["DM", "DM(featnet), default on 20/class, 1 ep, pool 1"]
     assert all(float(r[3]) > 0 for r in seconds["rows"])
+    assert all(r[4].startswith("CPU, ") and r[4].endswith(" thread(s)") for r in seconds["rows"])  # where they ran
     assert record["protocol"].startswith("Budget: 5 iterations, batch_real 16") and "lambda_CC 0.05" in record["protocol"]
     assert (tmp / "cc_gain.png").stat().st_size > 10_000
 

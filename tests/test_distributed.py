@@ -103,6 +103,19 @@ def test_collective_timeout_outlasts_a_sweep_cell_and_rejects_bad_values(monkeyp
             distributed.collective_timeout()
 
 
+@pytest.mark.parametrize("gpus, backend, index", [(4, "nccl", 3), (2, "gloo", 1), (1, "gloo", 0)])
+def test_ranks_take_a_gpu_each_or_share_them_under_gloo(monkeypatch, gpus, backend, index):
+    """Local rank 3 of 4 processes: with 4 GPUs its own (NCCL); with fewer, GPU 3 mod the GPUs, shared with another
+    process, so the group is gloo (NCCL refuses two ranks on one device). On CPU always gloo."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    for name, value in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "4"}.items():
+        monkeypatch.setenv(name, value)
+    assert distributed.rank_device(torch.device("cuda")) == torch.device("cuda", index)
+    assert distributed.rank_device(torch.device("cuda", 0)) == torch.device("cuda", 0)  # a named device stays
+    assert distributed.backend("cuda") == backend
+    assert distributed.backend("cpu") == "gloo"
+
+
 def test_spread_deals_round_robin_over_uncached_items_and_keeps_order(monkeypatch):
     """Rank 1 of 2 computes every other item not in ``skip``, alone; results come back in index order."""
     computed = []

@@ -131,6 +131,7 @@ def test_recorded_accuracy_is_the_nets_test_accuracy_and_the_pool_prints_it(digi
     assert recorded > 0.5  # a trained net, far above chance (0.1)
     entry = pretrained(digits, SMALL_PAPER)
     assert entry["accuracy"] == recorded and entry["seconds"] > 0
+    assert entry["machine"] == train.machine(torch.device("cpu"))  # where its seconds were spent (a GPU's name there)
     err = capsys.readouterr().err
     assert f"feature net 1/1 (convnet, seed 0): test accuracy {recorded:.2%}" in err
     FeatNetPool(digits, SMALL_PAPER, 1, progress=True)  # loaded from the cache: printed again
@@ -139,7 +140,7 @@ def test_recorded_accuracy_is_the_nets_test_accuracy_and_the_pool_prints_it(digi
 
 def test_a_pool_pretrained_on_two_processes_equals_the_pool_trained_in_one(digits, tmp_path):
     """Two recipes' pools in one command, their nets dealt over 2 processes: each net equals the one trained here
-    in one process, and the table names each net's recipe, epochs, seed, accuracy and seconds per epoch."""
+    in one process, and the table names each net's recipe, epochs, seed, accuracy, seconds per epoch and machine."""
     specs = {"paper": recipe("paper", arch="mlp", epochs=1), "convnet": recipe("convnet", arch="mlp", epochs=2)}
     flags = ["--dataset", "digits", "--recipe", "paper:1", "convnet:2", "--arch", "mlp", "--pool", "3",
              "--results-dir", tmp_path / "results"]
@@ -156,6 +157,6 @@ def test_a_pool_pretrained_on_two_processes_equals_the_pool_trained_in_one(digit
             for key, value in net.state_dict().items():
                 assert torch.equal(entry["state_dict"][key], value), (name, member.seed, key)
             want.append([name, str(spec.epochs), "full", str(member.seed), f"{100 * acc:.2f} %",
-                         f"{entry['seconds']:.0f}", f"{entry['seconds'] / spec.epochs:.0f}"])
+                         f"{entry['seconds']:.0f}", f"{entry['seconds'] / spec.epochs:.0f}", entry["machine"]])
     table = json.loads((tmp_path / "results" / "featnets.json").read_text())["tables"][0]
     assert table["rows"] == want
