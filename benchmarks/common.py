@@ -34,12 +34,17 @@ def parser(doc: str, datasets: list[str], ipcs: list[int], seeds: int) -> argpar
     p.add_argument("--models", type=int, default=3, help="evaluation networks per synthetic set")
     p.add_argument("--seeds", type=int, default=seeds, help="distillation / subset seeds")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    results_flags(p)
+    return p
+
+
+def results_flags(p: argparse.ArgumentParser) -> None:
+    """--results-dir and --results-tag: where write_results puts the run's results file."""
     p.add_argument("--results-dir", type=Path, default=Path(os.environ.get("DISTILL_RESULTS", REPO / "results")),
                    help="where results/<benchmark>.json and .md are written (default $DISTILL_RESULTS or results/)")
     p.add_argument("--results-tag", default="",
                    help="write results/<benchmark>.<TAG>.json and .md instead: a run kept beside the benchmark's "
                         "other runs (e.g. one row of cc_gain's table, too long to measure with the others at once)")
-    return p
 
 
 # Evaluation epochs of a validation cell unless --val-epochs says otherwise: benchmarks/fast_eval.py found that 300

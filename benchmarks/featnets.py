@@ -27,7 +27,7 @@ from dataclasses import replace
 
 import torch
 
-from common import REPO, say, setup, write_results
+from common import results_flags, say, setup, write_results
 from distill_lib import distributed
 from distill_lib.data import RealData, load_dataset
 from distill_lib.featnet import RECIPES, FeatNetPool, FeatNetSpec, pretrained, recipe
@@ -115,8 +115,7 @@ def main() -> None:
     p.add_argument("--cost", type=int, default=0, metavar="BATCHES",
                    help="instead: time this many training batches of every recipe (one process)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--results-dir", default=os.environ.get("DISTILL_RESULTS", str(REPO / "results")),
-                   help="where results/featnets.json and .md are written (default $DISTILL_RESULTS or results/)")
+    results_flags(p)
     args = p.parse_args()
     setup(args)
     distributed.setup("cpu")  # under torchrun: join now, so only rank 0 prints

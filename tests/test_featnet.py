@@ -143,7 +143,7 @@ def test_a_pool_pretrained_on_two_processes_equals_the_pool_trained_in_one(digit
     in one process, and the table names each net's recipe, epochs, seed, accuracy, seconds per epoch and machine."""
     specs = {"paper": recipe("paper", arch="mlp", epochs=1), "convnet": recipe("convnet", arch="mlp", epochs=2)}
     flags = ["--dataset", "digits", "--recipe", "paper:1", "convnet:2", "--arch", "mlp", "--pool", "3",
-             "--results-dir", tmp_path / "results"]
+             "--results-dir", tmp_path / "results", "--results-tag", "mlp"]
     job = torchrun([REPO / "benchmarks" / "featnets.py", *flags], job_env(tmp_path / "cache", tmp_path), tmp_path)
     assert job.returncode == 0, job.stderr[-2000:]
     theirs = DiskCache("featnet", tmp_path / "cache")
@@ -158,5 +158,5 @@ def test_a_pool_pretrained_on_two_processes_equals_the_pool_trained_in_one(digit
                 assert torch.equal(entry["state_dict"][key], value), (name, member.seed, key)
             want.append([name, str(spec.epochs), "full", str(member.seed), f"{100 * acc:.2f} %",
                          f"{entry['seconds']:.0f}", f"{entry['seconds'] / spec.epochs:.0f}", entry["machine"]])
-    table = json.loads((tmp_path / "results" / "featnets.json").read_text())["tables"][0]
+    table = json.loads((tmp_path / "results" / "featnets.mlp.json").read_text())["tables"][0]  # kept beside others
     assert table["rows"] == want
