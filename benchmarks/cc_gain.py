@@ -66,9 +66,9 @@ def pool_accuracy(config: DistillConfig, seeds: int, validation: int = 0, root=N
 
 
 def same_budget(budget: str) -> str:
-    """A run's budget line without its lambda_CC candidates: rows whose scans differ are still at one budget (each
-    row names the lambda_CC it chose), so the figure joins them."""
-    return re.sub(r"lambda_CC chosen per row from \[[^\]]*\]", "lambda_CC chosen per row", budget)
+    """A run's budget line without its lambda_CC clause: rows whose scans differ, or whose lambda_CC was given, are
+    still at one budget (each row names its lambda_CC), so the figure joins them."""
+    return re.sub(r"lambda_CC [^;]*;", "lambda_CC per row;", budget)
 
 
 def cell_seconds(cells: list[Cell]) -> tuple[str, str]:

@@ -7,6 +7,7 @@ the feature net) is a different set from DM's.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -177,10 +178,13 @@ def test_a_row_kept_as_a_run_of_its_own_joins_the_others_in_the_figure(run, tmp_
         course.joined([joined, {"columns": ["other"], "rows": []}])
 
 
-def test_runs_whose_lambda_scans_differ_are_at_one_budget():
+def test_runs_whose_lambda_scans_differ_or_that_give_lambda_are_at_one_budget():
     sys.path.insert(0, str(REPO / "benchmarks"))
     import cc_gain
     line = ("Budget: 600 iterations; lambda_CC chosen per row from [0.0003, 0.001, 0.003, 0.01] on 500 validation "
             "images per class; lambda_CM 0.01; evaluation convnet, 1000 epochs")
     assert cc_gain.same_budget(line) == cc_gain.same_budget(line.replace("0.001, 0.003, 0.01", "0.001"))
+    given = re.sub(r"lambda_CC chosen [^;]*;", "lambda_CC 0.0003;", line)
+    assert given != line and cc_gain.same_budget(line) == cc_gain.same_budget(given)
     assert cc_gain.same_budget(line) != cc_gain.same_budget(line.replace("1000 epochs", "300 epochs"))
+    assert cc_gain.same_budget(line) != cc_gain.same_budget(line.replace("lambda_CM 0.01", "lambda_CM 0.1"))
