@@ -131,11 +131,10 @@ def main() -> None:
         specs[recipe(name, seed=args.seed, **overrides)] = name
     datas = {"full": data} | ({f"val{args.validation}": data.validation_split(args.validation)}
                               if args.validation else {})
-    say(f"Feature nets on {args.dataset}, {args.pool} seed(s) from {args.seed} per recipe, "
-        f"{distributed.world_size()} process(es), {torch.get_num_threads()} thread(s) each:\n")
-    for spec, name in specs.items():
-        say(f"- {describe(name, spec)}")
-    say("", flush=True)
+    header = (f"Feature nets on {args.dataset}, {args.pool} seed(s) from {args.seed} per recipe, "
+              f"{distributed.world_size()} process(es), {torch.get_num_threads()} thread(s) each")
+    described = [describe(name, spec) for spec, name in specs.items()]
+    say(header + ":\n\n" + "\n".join(f"- {line}" for line in described) + "\n", flush=True)
     rows = pool_rows(datas, list(specs), args.pool)
     say("| recipe | epochs | trained on | seed | accuracy (test split) | training seconds | s / epoch | machine |")
     say("|---|---|---|---|---|---|---|---|")
@@ -144,7 +143,7 @@ def main() -> None:
                               (f"{record['seconds']:.0f}", f"{record['seconds'] / member.epochs:.0f}"))
         say(f"| {specs[replace(member, seed=args.seed)]} | {member.epochs} | {split} | {member.seed} | "
             f"{100 * record['accuracy']:.2f} % | {seconds} | {per_epoch} | {record['machine']} |")
-    write_results("featnets", args)
+    write_results("featnets", args, f"{header}: " + "; ".join(described) + ".")
 
 
 if __name__ == "__main__":

@@ -158,5 +158,7 @@ def test_a_pool_pretrained_on_two_processes_equals_the_pool_trained_in_one(digit
                 assert torch.equal(entry["state_dict"][key], value), (name, member.seed, key)
             want.append([name, str(spec.epochs), "full", str(member.seed), f"{100 * acc:.2f} %",
                          f"{entry['seconds']:.0f}", f"{entry['seconds'] / spec.epochs:.0f}", entry["machine"]])
-    table = json.loads((tmp_path / "results" / "featnets.mlp.json").read_text())["tables"][0]  # kept beside others
-    assert table["rows"] == want
+    record = json.loads((tmp_path / "results" / "featnets.mlp.json").read_text())  # kept beside the others
+    assert record["tables"][0]["rows"] == want
+    assert record["protocol"].startswith("Feature nets on digits, 3 seed(s) from 0 per recipe, 2 process(es)")
+    assert "; 'convnet': mlp, 2 epochs" in record["protocol"] and "- '" not in record["protocol"]
