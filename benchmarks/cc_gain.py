@@ -12,15 +12,14 @@ the drawn feature net instead, without CC: the control, whose gain is a trained 
 evaluation nets. ``--lambda-cc`` with several values chooses lambda_CC per row on ``--validation`` held-out training
 images per class (CC alone on DM, as ablation.py chooses it; the feature nets of those cells are trained without
 the held-out images); with one value it is used as given. Every cell is cached (distill_lib.sweep), so the table
-grows over several runs; a row too long to measure with the others in one session is a run of its own, kept beside
+grows over several runs; a row too long to measure with the others at once is a run of its own, kept beside
 them with ``--results-tag`` (results/cc_gain.<TAG>.json). The figure (``--figure``) plots CC's gain and the control's
 against the feature net's accuracy, with the pool size as the marker, for the rows of every run in the results folder
-at this run's budget (distill_lib.course.plot_cc_gain and measured_runs, which notebook 04 also uses).
+at this run's budget (distill_lib.course.plot_cc_gain and cc_gain_runs, which notebook 04 also uses).
 """
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 from dataclasses import replace
@@ -63,12 +62,6 @@ def pool_accuracy(config: DistillConfig, seeds: int, validation: int = 0, root=N
     specs = dict.fromkeys(spec for s in range(seeds)
                           for spec in FeatNetPool.specs(replace(config, seed=s).featnet_spec(), config.featnet_pool))
     return statistics.fmean(float(pretrained(data, spec)["accuracy"]) for spec in specs)
-
-
-def same_budget(budget: str) -> str:
-    """A run's budget line without its lambda_CC clause: rows whose scans differ, or whose lambda_CC was given, are
-    still at one budget (each row names its lambda_CC), so the figure joins them."""
-    return re.sub(r"lambda_CC [^;]*;", "lambda_CC per row;", budget)
 
 
 def cell_seconds(cells: list[Cell]) -> tuple[str, str]:
@@ -170,8 +163,7 @@ def main() -> None:
                     f"{v:g} | {result} | {'yes' if v == value else ''} |")
     path = write_results("cc_gain", args, budget)
     if args.figure and path is not None:  # this run's rows and those of the runs kept beside it at the same budget
-        mine = same_budget(course.measured_from_json("cc_gain", path).budget)
-        runs = [run for run in course.measured_runs("cc_gain", path.parent) if same_budget(run.budget) == mine]
+        runs = course.cc_gain_runs(path.parent, like=path)
         figure = course.plot_cc_gain(course.joined([run.tables[0] for run in runs]))
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(args.figure, dpi=120)

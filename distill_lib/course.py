@@ -325,6 +325,23 @@ def measured_runs(benchmark: str, folder: Path | None = None) -> list[Measured]:
     return [measured_from_json(benchmark, path) for path in paths]
 
 
+def cc_gain_budget(budget: str) -> str:
+    """benchmarks/cc_gain.py's budget line without its lambda_CC clause: rows whose scans differ, or whose lambda_CC
+    was given, are still at one budget (each row names its lambda_CC), so one figure joins them."""
+    return re.sub(r"lambda_CC [^;]*;", "lambda_CC per row;", budget)
+
+
+def cc_gain_runs(folder: Path | None = None, like: Path | None = None) -> list[Measured]:
+    """The runs of benchmarks/cc_gain.py (:func:`measured_runs`) at one budget (:func:`cc_gain_budget`), whose rows
+    one figure joins: the budget of the results file ``like``, by default the newest run's. Empty when none was
+    written. A run at another budget (e.g. more seeds, shorter evaluations) is left out, not drawn beside them."""
+    runs = measured_runs("cc_gain", folder)
+    if not runs:
+        return []
+    budget = (measured_from_json("cc_gain", Path(like)) if like is not None else max(runs, key=lambda r: r.dates)).budget
+    return [run for run in runs if cc_gain_budget(run.budget) == cc_gain_budget(budget)]
+
+
 def joined(tables: list[dict], title: str = "") -> dict:
     """The rows of several tables with the same columns (e.g. one table per run) as one table."""
     if not tables:

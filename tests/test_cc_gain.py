@@ -154,7 +154,7 @@ def test_several_lambdas_are_chosen_on_validation_and_the_scan_is_a_table(run, m
 
 def test_a_row_kept_as_a_run_of_its_own_joins_the_others_in_the_figure(run, tmp_path):
     """--results-tag writes results/cc_gain.<TAG>.json beside the untagged run, which it leaves alone; the figure
-    (and course.measured_runs) take the rows of every run at the same budget."""
+    (and course.cc_gain_runs) take the rows of every run at the same budget, and leave a run at another out."""
     _, _, record, env, argv = run
     kept = tmp_path / "results"
     kept.mkdir()
@@ -174,17 +174,22 @@ def test_a_row_kept_as_a_run_of_its_own_joins_the_others_in_the_figure(run, tmp_
     assert [run.source for run in runs] == ["`results/cc_gain.json`", "`results/cc_gain.pool2.json`"]
     joined = course.joined([run.tables[0] for run in runs])
     assert joined["rows"] == record["tables"][0]["rows"] + tagged["tables"][0]["rows"]
+    assert [run.source for run in course.cc_gain_runs(kept)] == [run.source for run in runs]
+    more_seeds = dict(tagged, protocol=re.sub(r"\d+ distillation seed", "9 distillation seed", tagged["protocol"]),
+                      date="2999-01-01T00:00:00+00:00")  # a newer run at another budget
+    assert more_seeds["protocol"] != tagged["protocol"]
+    (kept / "cc_gain.seeds9.json").write_text(json.dumps(more_seeds), encoding="utf-8")
+    assert [run.source for run in course.cc_gain_runs(kept)] == ["`results/cc_gain.seeds9.json`"]
+    assert [run.source for run in course.cc_gain_runs(kept, like=kept / "cc_gain.json")] == [run.source for run in runs]
     with pytest.raises(ValueError, match="different columns"):
         course.joined([joined, {"columns": ["other"], "rows": []}])
 
 
 def test_runs_whose_lambda_scans_differ_or_that_give_lambda_are_at_one_budget():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import cc_gain
     line = ("Budget: 600 iterations; lambda_CC chosen per row from [0.0003, 0.001, 0.003, 0.01] on 500 validation "
             "images per class; lambda_CM 0.01; evaluation convnet, 1000 epochs")
-    assert cc_gain.same_budget(line) == cc_gain.same_budget(line.replace("0.001, 0.003, 0.01", "0.001"))
+    assert course.cc_gain_budget(line) == course.cc_gain_budget(line.replace("0.001, 0.003, 0.01", "0.001"))
     given = re.sub(r"lambda_CC chosen [^;]*;", "lambda_CC 0.0003;", line)
-    assert given != line and cc_gain.same_budget(line) == cc_gain.same_budget(given)
-    assert cc_gain.same_budget(line) != cc_gain.same_budget(line.replace("1000 epochs", "300 epochs"))
-    assert cc_gain.same_budget(line) != cc_gain.same_budget(line.replace("lambda_CM 0.01", "lambda_CM 0.1"))
+    assert given != line and course.cc_gain_budget(line) == course.cc_gain_budget(given)
+    assert course.cc_gain_budget(line) != course.cc_gain_budget(line.replace("1000 epochs", "300 epochs"))
+    assert course.cc_gain_budget(line) != course.cc_gain_budget(line.replace("lambda_CM 0.01", "lambda_CM 0.1"))
