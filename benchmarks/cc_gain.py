@@ -54,12 +54,12 @@ def describe_featnet(setting: dict) -> str:
     return f"{recipe}{where}, {setting['featnet_epochs']} ep"
 
 
-def pool_accuracy(config: DistillConfig, seeds: int, validation: int = 0, root=None) -> float:
-    """Mean test accuracy of every feature net the row's cells draw, each once: the pools of distillation seeds
-    0 .. seeds - 1 (seed s draws nets s .. s + pool - 1), each net's accuracy stored with its weights when trained.
+def pool_accuracy(config: DistillConfig, seeds: range, validation: int = 0, root=None) -> float:
+    """Mean test accuracy of every feature net the row's cells draw, each once: the pools of the distillation
+    ``seeds`` (seed s draws nets s .. s + pool - 1), each net's accuracy stored with its weights when trained.
     ``validation``: of the nets the validation cells draw, trained without the held-out images."""
     data = cell_data(Cell(config, EvalProtocol(), validation=validation), root)
-    specs = dict.fromkeys(spec for s in range(seeds)
+    specs = dict.fromkeys(spec for s in seeds
                           for spec in FeatNetPool.specs(replace(config, seed=s).featnet_spec(), config.featnet_pool))
     return statistics.fmean(float(pretrained(data, spec)["accuracy"]) for spec in specs)
 
@@ -83,11 +83,16 @@ def main() -> None:
     p.add_argument("--lambda-cm", type=float, default=0.01, help="the authors' value for DM by default")
     p.add_argument("--columns", nargs="+", choices=COLUMNS, default=list(COLUMNS),
                    help="the columns to measure (DM always: the gains are over it); '-' in the table for the others")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="distillation seeds FIRST .. FIRST + seeds - 1 (a second seed measured as a run of its own)")
     p.add_argument("--figure", default=str(REPO / "figures" / "cc_gain.png"), help="'' for none")
     validation_flags(p)
     args = p.parse_args()
     setup(args)
     settings = [featnet_setting(text, args.featnet_per_class) for text in args.featnets]
+    if args.first_seed < 0:
+        p.error(f"--first-seed must be >= 0, got {args.first_seed}")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
 
     protocol = EvalProtocol(epochs=args.eval_epochs, num_models=args.models)
     distributed.setup(resolve_device(protocol.device))  # under torchrun: join now, so only rank 0 prints
@@ -96,7 +101,8 @@ def main() -> None:
            f"alone, seed 0, {args.val_models} evaluation net(s))" if choosing else f"lambda_CC {args.lambda_cc[0]:g}")
     budget = (f"Budget: {args.iterations} iterations, batch_real {args.batch_real}, lr_img 1, init real, full DSA; "
               f"{lam}; lambda_CM {args.lambda_cm:g}; evaluation {protocol.describe()}; {args.seeds} distillation "
-              f"seed(s); mean ± std over seeds x evaluation nets; gains in points over DM.")
+              f"seed(s){f' from seed {args.first_seed}' if args.first_seed else ''}; mean ± std over seeds x "
+              f"evaluation nets; gains in points over DM.")
     say(budget + "\n", flush=True)
 
     rows = []  # (dataset, ipc, setting, DM's config, DM's config with the setting's feature nets)
@@ -124,7 +130,7 @@ def main() -> None:
     measured = {"DM", *args.columns}
     cells = [(i, name, Cell(replace(config, seed=s), protocol))
              for i, ((*_, dm, base), lambda_cc) in enumerate(zip(rows, lambdas))
-             for name, config in columns(dm, base, lambda_cc).items() if name in measured for s in range(args.seeds)]
+             for name, config in columns(dm, base, lambda_cc).items() if name in measured for s in seeds]
     unique = list({config_key(cell.key()): cell for *_, cell in cells}.values())  # shared cells once
     results = dict(zip((config_key(cell.key()) for cell in unique), run_cells(unique)))
     if not distributed.is_main():
@@ -141,7 +147,7 @@ def main() -> None:
         def gain(name: str) -> str:
             return f"{100 * (got[name].mean - got['DM'].mean):+.2f}" if name in got else "-"
         say(f"| {dataset} | {ipc} | {describe_featnet(setting)} | {base.featnet_pool} | "
-            f"{100 * pool_accuracy(base, args.seeds):.2f} % | {lambda_cc:g} | " + " | ".join(str(got.get(n, "-")) for n in COLUMNS)
+            f"{100 * pool_accuracy(base, seeds):.2f} % | {lambda_cc:g} | " + " | ".join(str(got.get(n, "-")) for n in COLUMNS)
             + f" | {gain('+CC')} | {gain('DM(featnet)')} | {gain('+CC+CM')} |")
         for name, those in mine.items():
             seconds.setdefault((dataset, ipc, name if name in ("DM", "+CM") else
@@ -157,7 +163,7 @@ def main() -> None:
         say("| dataset | IPC | feature net | pool | net accuracy | lambda_CC | validation accuracy | chosen |")
         say("|---|---|---|---|---|---|---|---|")
         for (dataset, ipc, setting, _, base), (value, scan) in zip(rows, picks):
-            accuracy = f"{100 * pool_accuracy(base, 1, args.validation):.2f} %"
+            accuracy = f"{100 * pool_accuracy(base, range(1), args.validation):.2f} %"
             for v, result in scan.items():
                 say(f"| {dataset} | {ipc} | {describe_featnet(setting)} | {setting['featnet_pool']} | {accuracy} | "
                     f"{v:g} | {result} | {'yes' if v == value else ''} |")

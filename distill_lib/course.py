@@ -326,9 +326,10 @@ def measured_runs(benchmark: str, folder: Path | None = None) -> list[Measured]:
 
 
 def cc_gain_budget(budget: str) -> str:
-    """benchmarks/cc_gain.py's budget line without its lambda_CC clause: rows whose scans differ, or whose lambda_CC
-    was given, are still at one budget (each row names its lambda_CC), so one figure joins them."""
-    return re.sub(r"lambda_CC [^;]*;", "lambda_CC per row;", budget)
+    """benchmarks/cc_gain.py's budget line without its lambda_CC clause and its first seed: rows whose scans differ,
+    or whose lambda_CC was given, are still at one budget (each row names its lambda_CC), as are runs of as many
+    distillation seeds from another first seed (each row's nets are its seeds'), so one figure joins them."""
+    return re.sub(r" from seed \d+;", ";", re.sub(r"lambda_CC [^;]*;", "lambda_CC per row;", budget))
 
 
 def cc_gain_runs(folder: Path | None = None, like: Path | None = None) -> list[Measured]:

@@ -96,9 +96,10 @@ def test_a_rows_net_accuracy_averages_every_net_its_seeds_draw(run, monkeypatch)
     data = load_dataset("digits")
     stored = [float(pretrained(data, recipe("convnet", epochs=1, seed=s))["accuracy"]) for s in (0, 1)]
     net = DistillConfig(dataset="digits", featnet_recipe="convnet", featnet_epochs=1)
-    assert pool_accuracy(net, seeds=1) == pytest.approx(stored[0])
-    assert pool_accuracy(net, seeds=2) == pytest.approx(sum(stored) / 2)
-    assert pool_accuracy(replace(net, featnet_pool=2), seeds=2) == pytest.approx(
+    assert pool_accuracy(net, seeds=range(1)) == pytest.approx(stored[0])
+    assert pool_accuracy(net, seeds=range(1, 2)) == pytest.approx(stored[1])
+    assert pool_accuracy(net, seeds=range(2)) == pytest.approx(sum(stored) / 2)
+    assert pool_accuracy(replace(net, featnet_pool=2), seeds=range(2)) == pytest.approx(
         (sum(stored) + float(pretrained(data, recipe("convnet", epochs=1, seed=2))["accuracy"])) / 3)
 
 
@@ -185,6 +186,35 @@ def test_a_row_kept_as_a_run_of_its_own_joins_the_others_in_the_figure(run, tmp_
         course.joined([joined, {"columns": ["other"], "rows": []}])
 
 
+def test_a_later_seed_is_a_run_of_its_own_that_joins_the_figure_as_its_own_points(run, tmp_path, monkeypatch):
+    """--first-seed 1 measures distillation seed 1 alone (its own sets and feature nets, none of seed 0's cells):
+    a second seed added later without redoing the first, kept beside it and drawn with it (same number of seeds)."""
+    tmp, _, record, env, argv = run
+    kept = tmp_path / "results"
+    kept.mkdir()
+    (kept / "cc_gain.json").write_text(json.dumps(record), encoding="utf-8")
+    argv = [a for a in argv if a != "default:1:1"]  # one row: the pool of two one-epoch convnet nets
+    job = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cc_gain.py"), *argv, "--columns", "+CC",
+                          "--first-seed", "1", "--results-tag", "seed1", "--results-dir", str(kept),
+                          "--figure", str(tmp_path / "joined.png")], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert job.stderr.count("[cell]") == 2  # DM and +CC at seed 1, none of seed 0's cached cells
+    later = json.loads((kept / "cc_gain.seed1.json").read_text(encoding="utf-8"))
+    assert "; 1 distillation seed(s) from seed 1;" in later["protocol"]
+    col = {name: k for k, name in enumerate(later["tables"][0]["columns"])}
+    mine, first = later["tables"][0]["rows"][0], record["tables"][0]["rows"][1]
+    assert mine[col["DM"]] != first[col["DM"]] and mine[col["+CC"]] != first[col["+CC"]]  # other sets
+    # seed 1 with a pool of 2 draws the nets 1 and 2, each trained by this run and read back here
+    monkeypatch.setenv("DISTILL_CACHE", env["DISTILL_CACHE"])
+    data = load_dataset("digits")
+    stored = [float(pretrained(data, recipe("convnet", epochs=1, seed=s))["accuracy"]) for s in (1, 2)]
+    assert percent(mine[col["net accuracy"]]) == pytest.approx(100 * sum(stored) / 2, abs=0.006)
+    assert "(the rows of 2 run(s))" in job.stdout + job.stderr
+    assert [run.source for run in course.cc_gain_runs(kept)] == ["`results/cc_gain.json`",
+                                                                 "`results/cc_gain.seed1.json`"]
+
+
 def test_runs_whose_lambda_scans_differ_or_that_give_lambda_are_at_one_budget():
     line = ("Budget: 600 iterations; lambda_CC chosen per row from [0.0003, 0.001, 0.003, 0.01] on 500 validation "
             "images per class; lambda_CM 0.01; evaluation convnet, 1000 epochs")
@@ -193,3 +223,7 @@ def test_runs_whose_lambda_scans_differ_or_that_give_lambda_are_at_one_budget():
     assert given != line and course.cc_gain_budget(line) == course.cc_gain_budget(given)
     assert course.cc_gain_budget(line) != course.cc_gain_budget(line.replace("1000 epochs", "300 epochs"))
     assert course.cc_gain_budget(line) != course.cc_gain_budget(line.replace("lambda_CM 0.01", "lambda_CM 0.1"))
+    seeds = line + "; 2 distillation seed(s); mean ± std over seeds x evaluation nets"
+    later = seeds.replace("seed(s);", "seed(s) from seed 2;")
+    assert later != seeds and course.cc_gain_budget(later) == course.cc_gain_budget(seeds)
+    assert course.cc_gain_budget(seeds) != course.cc_gain_budget(seeds.replace("2 distillation", "1 distillation"))
