@@ -171,7 +171,7 @@ def show_grid(images, rows: int, cols: int, row_labels=(), title: str | None = N
 def plot_cc_gain(table: dict, title: str = "What CC's gain depends on"):
     """CC's gain over DM (filled), the control's, DM matched in the same feature net without CC (hollow), and
     CC+CM's (crosses) against the feature net's test accuracy, one marker shape per pool size; CM's gain, which needs
-    no feature net, as a dashed line. Reads the table benchmarks/cc_gain.py prints ({"columns", "rows"}, as
+    no feature net, as a dashed line (one per distinct value: rows of another distillation seed have their own). Reads the table benchmarks/cc_gain.py prints ({"columns", "rows"}, as
     results/cc_gain.json stores it; "-" where a column was not measured, not drawn). Returns the figure."""
     import matplotlib.pyplot as plt
 
@@ -184,9 +184,10 @@ def plot_cc_gain(table: dict, title: str = "What CC's gain depends on"):
             for r in table["rows"]]
     fig, ax = plt.subplots(figsize=(6.4, 4), layout="constrained")
     ax.axhline(0, color="grey", lw=0.8)
-    cm_gains = [g for g in (number(r, "+CM") - number(r, "DM") for r in table["rows"]) if g == g]  # not nan
-    if cm_gains:  # the same cells in every row
-        ax.axhline(cm_gains[0], color="C2", lw=1, ls="--", label=f"+CM (no feature net): {cm_gains[0]:+.2f}")
+    cm_gains = list(dict.fromkeys(g for g in (number(r, "+CM") - number(r, "DM") for r in table["rows"]) if g == g))
+    for k, gain in enumerate(cm_gains):  # the same cells in every row of one seed
+        label = "+CM (no feature net): " + " / ".join(f"{g:+.2f}" for g in cm_gains) if k == 0 else None
+        ax.axhline(gain, color="C2", lw=1, ls="--", label=label)
     for k, pool in enumerate(sorted({r[0] for r in rows})):
         mine = [r for r in rows if r[0] == pool]
         marker = "osD^v"[k % 5]

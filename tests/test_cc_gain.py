@@ -129,6 +129,20 @@ def test_the_figure_leaves_out_what_was_not_measured(run):
     assert len(ax.collections) == 4 and not any("+CC+CM" in c.get_label() for c in ax.collections)
 
 
+def test_each_seeds_cm_gain_is_a_dashed_line_of_its_own(run):
+    """Rows of two distillation seeds (runs joined in one figure) have two CM gains: both are drawn, one label."""
+    table = json.loads(json.dumps(run[2]["tables"][0]))
+    col = {name: k for k, name in enumerate(table["columns"])}
+    other = list(table["rows"][0])
+    other[col["DM"]], other[col["+CM"]] = "50.00 ± 0.10 %", "49.75 ± 0.20 %"  # a seed where CM loses 0.25
+    table["rows"].append(other)
+    ax = course.plot_cc_gain(table).axes[0]
+    first = percent(table["rows"][0][col["+CM"]]) - percent(table["rows"][0][col["DM"]])
+    assert sorted(line.get_ydata()[0] for line in ax.lines) == pytest.approx(sorted([0.0, first, -0.25]))
+    legend = [label for label in ax.get_legend_handles_labels()[1] if label.startswith("+CM")]
+    assert legend == [f"+CM (no feature net): {first:+.2f} / -0.25"]
+
+
 def test_several_lambdas_are_chosen_on_validation_and_the_scan_is_a_table(run, monkeypatch):
     tmp, _, _, env, argv = run
     argv = [a for a in argv if a != "convnet:1:2"]  # one row: the default feature net
