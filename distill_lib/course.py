@@ -171,8 +171,9 @@ def show_grid(images, rows: int, cols: int, row_labels=(), title: str | None = N
 def plot_cc_gain(table: dict, title: str = "What CC's gain depends on"):
     """CC's gain over DM (filled), the control's, DM matched in the same feature net without CC (hollow), and
     CC+CM's (crosses) against the feature net's test accuracy, one marker shape per pool size; CM's gain, which needs
-    no feature net, as a dashed line (one per distinct value: rows of another distillation seed have their own). Reads the table benchmarks/cc_gain.py prints ({"columns", "rows"}, as
-    results/cc_gain.json stores it; "-" where a column was not measured, not drawn). Returns the figure."""
+    no feature net, as a dashed line (one per distinct value: rows of another distillation seed have their own).
+    Reads the table benchmarks/cc_gain.py prints ({"columns", "rows"}, as results/cc_gain.json stores it; "-" where
+    a column was not measured, not drawn). Returns the figure."""
     import matplotlib.pyplot as plt
 
     columns = table["columns"]
